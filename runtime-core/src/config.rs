@@ -1,0 +1,171 @@
+//! The runtime configuration file (TOML), in the manner of Kata's `configuration.toml`.
+//!
+//! ```toml
+//! [plugins]
+//! dirs = ["/usr/lib/sandbox-runtime/plugins"]  # searched in order; relative to this file
+//! static = true                                # also use plugins linked into the binary
+//!
+//! [storage]
+//! plugin = "fs"                                # a storage plugin's name
+//! path = "/var/lib/sandbox-runtime/metadata"   # every other key goes to the plugin
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Config errors; each names the file and the key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (the message names the key
+    /// and the line).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, on one line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config file {path}: key {key}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The `[plugins]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directories searched for plugin libraries, in order.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Whether plugins linked into the binary are used.
+    #[serde(default = "default_true", rename = "static")]
+    pub include_static: bool,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self { dirs: Vec::new(), include_static: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The `[storage]` table.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageConfig {
+    /// The storage plugin's name.
+    pub plugin: String,
+    /// Everything else in the table: the plugin's own settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl StorageConfig {
+    /// The plugin's settings as the JSON object handed to it.
+    pub fn settings_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.settings).unwrap_or_default()
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `[plugins]`.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+}
+
+impl RuntimeConfig {
+    /// Reads and validates a config file. Relative plugin directories and a relative
+    /// `storage.path` are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is used for messages and relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
+        })?;
+        let invalid = |key, reason: String| ConfigError::Invalid { path: path.to_owned(), key, reason };
+        if config.storage.plugin.trim().is_empty() {
+            return Err(invalid("storage.plugin", "is empty; name a storage plugin".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in &mut config.plugins.dirs {
+            if dir.as_os_str().is_empty() {
+                return Err(invalid("plugins.dirs", "holds an empty path".into()));
+            }
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        if let Some(value) = config.storage.settings.get_mut("path") {
+            let toml::Value::String(p) = value else {
+                return Err(invalid("storage.path", format!("must be a string, not {}", value.type_str())));
+            };
+            if Path::new(p.as_str()).is_relative() {
+                *p = base.join(p.as_str()).to_string_lossy().into_owned();
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RuntimeConfig, String> {
+        RuntimeConfig::parse(text, Path::new("/etc/rt/config.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_config_resolves_relative_paths() {
+        let c = parse("[plugins]\ndirs = ['plugins', '/abs']\nstatic = false\n[storage]\nplugin = 'fs'\npath = 'meta'\nextra = 3\n")
+            .unwrap();
+        assert_eq!(c.plugins.dirs, vec![PathBuf::from("/etc/rt/plugins"), PathBuf::from("/abs")]);
+        assert!(!c.plugins.include_static);
+        assert_eq!(c.storage.settings_json(), serde_json::json!({"path": "/etc/rt/meta", "extra": 3}));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[plugins]\ndirz = []\n[storage]\nplugin = 'fs'\n").unwrap_err();
+        assert!(e.contains("dirz") && e.contains("config.toml"), "{e}");
+        let e = parse("[plugins]\n").unwrap_err();
+        assert!(e.contains("storage"), "{e}");
+        let e = parse("[storage]\nplugin = ''\n").unwrap_err();
+        assert!(e.contains("storage.plugin"), "{e}");
+        let e = parse("[storage]\nplugin = 'fs'\npath = 5\n").unwrap_err();
+        assert!(e.contains("storage.path") && e.contains("integer"), "{e}");
+        let e = parse("[plugins]\nstatic = 'yes'\n[storage]\nplugin = 'fs'\n").unwrap_err();
+        assert!(e.contains("static"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}
