@@ -17,8 +17,8 @@
 //! ([`ErrorKind::PANICKED`]); logs reach the host through [`logging`].
 //!
 //! Compatibility: a plugin built against `plugin-api` 1.x loads in every core built against
-//! 1.y with y >= x, and also y < x as long as it only calls what 1.y knows. The root module
-//! and the trait vtables are append-only prefix types.
+//! 1.y (for y > x through the frozen layouts of [`v1_0`]; see `docs/PLUGIN-VENDORS.md`). The
+//! root module and the trait vtables are append-only prefix types.
 #![deny(missing_docs)]
 // The `#[sabi_trait]` and `StableAbi` macros of abi_stable 0.11 expand to impls inside consts.
 #![allow(non_local_definitions)]
@@ -35,6 +35,8 @@ pub mod payload;
 pub mod proxy;
 pub mod shim;
 pub mod storage;
+#[doc(hidden)]
+pub mod v1_0;
 
 pub use error::{ErrorKind, PluginError};
 pub use manifest::{PanicStrategy, PluginKind, PluginManifest};

@@ -4,7 +4,7 @@
 use super::elf::{check_plugin_library, ElfError};
 use super::host_log::host_context;
 use super::trust::{check_not_writable_by_others, TrustError};
-use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::library::{lib_header_from_path, LibHeader, LibraryError, RootModule};
 use plugin_api::{PanicStrategy, PluginError, PluginModuleRef, API_VERSION, ROOT_SYMBOL};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -126,7 +126,7 @@ fn load_new(path: &Path) -> Result<PluginModuleRef, LoadError> {
     tracing::debug!(path = %path.display(), "opening plugin library");
     let header = lib_header_from_path(path).map_err(|e| open_error(path, e))?;
     let plugin_api = header.version_strings().version.to_string();
-    let module = header.init_root_module::<PluginModuleRef>().map_err(|e| match e {
+    let module = init_root_module(header, &plugin_api).map_err(|e| match e {
         LibraryError::IncompatibleVersionNumber { .. } | LibraryError::AbiInstability(_) => {
             let report = e.to_string();
             tracing::debug!(path = %path.display(), %report, "plugin ABI mismatch");
@@ -155,6 +155,21 @@ fn load_new(path: &Path) -> Result<PluginModuleRef, LoadError> {
         .into_result()
         .map_err(|source| LoadError::Init { path: path.to_owned(), name, source })?;
     Ok(module)
+}
+
+/// Checks the library's layout and returns its root module. A plugin built against 1.0 is
+/// checked against the frozen 1.0 layouts ([`plugin_api::v1_0`]), which the current ones
+/// extend; every other 1.x against the current ones.
+fn init_root_module(header: &LibHeader, plugin_api: &str) -> Result<PluginModuleRef, LibraryError> {
+    if plugin_api.starts_with("1.0.") {
+        header.ensure_layout::<plugin_api::v1_0::PluginModuleRef>()?;
+        // SAFETY: the library's root module has the 1.0 layout (just checked), of which the
+        // current layout is an append-only extension (checked by plugin-api's v1_0 tests);
+        // fields the library lacks are reported missing by the prefix metadata at run time.
+        unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
+    } else {
+        header.init_root_module::<PluginModuleRef>()
+    }
 }
 
 fn open_error(path: &Path, e: LibraryError) -> LoadError {
