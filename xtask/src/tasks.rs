@@ -73,6 +73,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     ensure_packages(BUILD_PACKAGES)?;
     ensure_nextest()?;
     build_plugins(false)?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
     run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
     let result = run(cargo()
         .args(["nextest", "run", "--workspace", "--no-fail-fast", "--cargo-quiet"])
