@@ -1,6 +1,11 @@
 //! Helpers shared by the integration tests: finding the plugin libraries the workspace
 //! builds, building the out-of-tree fixtures, and skipping tests a machine cannot run.
 
+pub mod agent;
+pub mod host_agent;
+pub mod oci;
+pub mod qemu;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,6 +6,10 @@ use std::process::Command;
 /// Debian packages the build needs: a C++ compiler for RocksDB and libclang for bindgen.
 pub const BUILD_PACKAGES: &[&str] = &["g++", "libclang-dev", "zlib1g"];
 
+/// Debian packages the tests need: QEMU for the end-to-end tier, busybox for the container
+/// rootfs, e2fsprogs for its ext4 image, util-linux's unshare for the host agent tier.
+pub const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "e2fsprogs", "util-linux"];
+
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])

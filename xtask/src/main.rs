@@ -1,11 +1,13 @@
 //! `cargo xtask <task>`: the project's set-up and test entry points.
 //!
+//! - `guest`: builds the guest image (kernel, initramfs with the agent, busybox rootfs).
 //! - `demo`: installs the Debian packages the build needs, builds the CLI and the plugin
 //!   libraries, and runs the main job.
 //! - `test`: installs what the tests need, builds the plugin libraries and runs the suite.
 //! - `bench`: runs the benchmarks (release build).
 
 mod deps;
+mod guest;
 mod tasks;
 
 use anyhow::{bail, Result};
@@ -13,6 +15,7 @@ use anyhow::{bail, Result};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("guest") => tasks::guest(),
         Some("demo") => tasks::demo(),
         Some("test") => tasks::test(&args[1..]),
         Some("bench") => tasks::bench(&args[1..]),
@@ -25,5 +28,5 @@ fn main() {
 }
 
 fn usage() -> Result<()> {
-    bail!("usage: cargo xtask demo | test [nextest args] | bench [criterion args]")
+    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args]")
 }

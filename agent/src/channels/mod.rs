@@ -1,0 +1,173 @@
+//! The channels the agent serves on: vsock, a virtio-serial port multiplexed with Yamux, and
+//! (for tests on the host) a Unix socket. Each listener feeds accepted streams to one server.
+
+mod conn;
+mod serial;
+
+pub use conn::Conn;
+
+use futures::future::poll_fn;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tracing::{info, warn};
+
+/// How long to wait before reopening a serial port whose host side is gone.
+const SERIAL_RETRY: Duration = Duration::from_millis(100);
+
+/// A channel to serve on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// A Unix socket path (tests on the host).
+    Unix(PathBuf),
+    /// A vsock port, any CID.
+    Vsock(u32),
+    /// A virtio-serial port by name, with Yamux on it.
+    Serial(String),
+}
+
+/// A channel address that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("channel {0:?} is not unix:PATH, vsock:PORT or serial:NAME")]
+pub struct BadChannel(String);
+
+impl std::str::FromStr for Channel {
+    type Err = BadChannel;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadChannel(s.to_owned());
+        match s.split_once(':').ok_or_else(bad)? {
+            ("unix", path) if !path.is_empty() => Ok(Channel::Unix(path.into())),
+            ("vsock", port) => Ok(Channel::Vsock(port.parse().map_err(|_| bad())?)),
+            ("serial", name) if !name.is_empty() => Ok(Channel::Serial(name.to_owned())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Channel::Unix(p) => write!(f, "unix:{}", p.display()),
+            Channel::Vsock(port) => write!(f, "vsock:{port}"),
+            Channel::Serial(name) => write!(f, "serial:{name}"),
+        }
+    }
+}
+
+/// Starts a listener task per channel; returns the channels that could be set up. A channel
+/// whose device is absent (no vsock in this VM, say) is logged and left out.
+pub async fn listen(channels: &[Channel], tx: mpsc::Sender<std::io::Result<Conn>>) -> Vec<String> {
+    let mut up = Vec::new();
+    for channel in channels {
+        let started = match channel {
+            Channel::Unix(path) => listen_unix(path, tx.clone()),
+            Channel::Vsock(port) => listen_vsock(*port, tx.clone()),
+            Channel::Serial(name) => listen_serial(name.clone(), tx.clone()).await,
+        };
+        match started {
+            Ok(()) => {
+                info!(%channel, "serving");
+                up.push(channel.to_string());
+            }
+            Err(e) => warn!(%channel, "not serving: {e}"),
+        }
+    }
+    up
+}
+
+/// Feeds what `accept` yields to the server until the server is gone.
+fn accept_loop<F, Fut>(mut accept: F, tx: mpsc::Sender<std::io::Result<Conn>>)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<Conn>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            if tx.send(accept().await).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn listen_unix(path: &PathBuf, tx: mpsc::Sender<std::io::Result<Conn>>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::sync::Arc::new(tokio::net::UnixListener::bind(path)?);
+    accept_loop(move || {
+        let listener = listener.clone();
+        async move { listener.accept().await.map(|(s, _)| Conn::new(s)) }
+    }, tx);
+    Ok(())
+}
+
+fn listen_vsock(port: u32, tx: mpsc::Sender<std::io::Result<Conn>>) -> std::io::Result<()> {
+    let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+    let listener = std::sync::Arc::new(tokio_vsock::VsockListener::bind(addr)?);
+    accept_loop(move || {
+        let listener = listener.clone();
+        async move { listener.accept().await.map(|(s, _)| Conn::new(s)) }
+    }, tx);
+    Ok(())
+}
+
+/// Serves Yamux on the port: each stream the host opens is one connection. When the host
+/// side closes (the port reads EOF), the session ends and a new one starts on the next open.
+async fn listen_serial(name: String, tx: mpsc::Sender<std::io::Result<Conn>>) -> std::io::Result<()> {
+    // The port appears once virtio_console has probed the device; give it a moment.
+    let mut path = serial::find_port(&name);
+    for _ in 0..50 {
+        if path.is_some() {
+            break;
+        }
+        tokio::time::sleep(SERIAL_RETRY).await;
+        path = serial::find_port(&name);
+    }
+    let path = path.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no virtio-serial port named {name}")))?;
+    tokio::spawn(async move {
+        loop {
+            match serial::SerialPort::open(&path) {
+                Ok(port) => serve_yamux(port, &tx).await,
+                Err(e) => warn!("opening {}: {e}", path.display()),
+            }
+            if tx.is_closed() {
+                break;
+            }
+            tokio::time::sleep(SERIAL_RETRY).await;
+        }
+    });
+    Ok(())
+}
+
+async fn serve_yamux(port: serial::SerialPort, tx: &mpsc::Sender<std::io::Result<Conn>>) {
+    let mut session = yamux::Connection::new(port.compat(), yamux::Config::default(), yamux::Mode::Server);
+    loop {
+        match poll_fn(|cx| session.poll_next_inbound(cx)).await {
+            Some(Ok(stream)) => {
+                if tx.send(Ok(Conn::new(stream.compat()))).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                warn!("yamux session on the serial port ended: {e}");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_channels_and_names_bad_ones() {
+        assert_eq!("vsock:1024".parse::<Channel>().unwrap(), Channel::Vsock(1024));
+        assert_eq!("serial:agent.0".parse::<Channel>().unwrap(), Channel::Serial("agent.0".into()));
+        assert_eq!("unix:/run/a.sock".parse::<Channel>().unwrap(), Channel::Unix("/run/a.sock".into()));
+        for bad in ["vsock:x", "tcp:1", "unix:", "nothing"] {
+            assert!(bad.parse::<Channel>().unwrap_err().to_string().contains(bad));
+        }
+    }
+}

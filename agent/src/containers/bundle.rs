@@ -1,0 +1,83 @@
+//! Preparing a container's bundle: checking the OCI spec, mounting the rootfs the host named,
+//! and writing the `config.json` libcontainer reads.
+
+use super::ContainerError;
+use agent_protocol::pb;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::{RootBuilder, Spec};
+use std::path::{Path, PathBuf};
+
+/// Longest container or exec id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Checks an id: 1 to 128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`, so it is safe as a
+/// path component and a cgroup name.
+pub fn validate_id(kind: &str, id: &str) -> Result<(), ContainerError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(ok_char) || id.starts_with(['.', '-']) {
+        return Err(ContainerError::InvalidArgument(format!(
+            "{kind} id {id:?} must be 1 to {MAX_ID_LEN} of A-Z a-z 0-9 _ . - and not start with . or -"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses and checks the spec; points its root at `rootfs` and gives it a cgroup path.
+pub fn prepare_spec(id: &str, json: &[u8], rootfs: &Path) -> Result<Spec, ContainerError> {
+    let mut spec: Spec = serde_json::from_slice(json).map_err(|e| ContainerError::InvalidSpec(e.to_string()))?;
+    let process = spec.process().as_ref().ok_or_else(|| ContainerError::InvalidSpec("the spec has no process".into()))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(ContainerError::InvalidSpec("process.args is empty".into()));
+    }
+    let readonly = spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    let root = RootBuilder::default().path(rootfs).readonly(readonly).build().map_err(|e| ContainerError::InvalidSpec(e.to_string()))?;
+    spec.set_root(Some(root));
+    let mut linux = spec.linux().clone().ok_or_else(|| ContainerError::InvalidSpec("the spec has no linux section".into()))?;
+    if linux.cgroups_path().is_none() {
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/agent/{id}"))));
+    }
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// Mounts the container's root filesystem at `target`.
+pub fn mount_rootfs(storage: &pb::Storage, target: &Path) -> Result<(), ContainerError> {
+    let mut flags = MsFlags::empty();
+    if storage.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let options = storage.options.join(",");
+    let data = (!options.is_empty()).then_some(options.as_str());
+    let io = |what: String| move |e: nix::Error| ContainerError::Io { what, source: e.into() };
+    match storage.driver.as_str() {
+        "blk" | "bind" => {
+            if !Path::new(&storage.source).exists() {
+                return Err(ContainerError::NoRootfs { path: storage.source.clone() });
+            }
+            if storage.driver == "bind" {
+                let what = format!("bind-mounting {} on {}", storage.source, target.display());
+                mount(Some(storage.source.as_str()), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(io(what.clone()))?;
+                if storage.read_only {
+                    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                    mount(None::<&str>, target, None::<&str>, ro, None::<&str>).map_err(io(what))?;
+                }
+                return Ok(());
+            }
+            if storage.fstype.is_empty() {
+                return Err(ContainerError::InvalidArgument("rootfs driver blk needs an fstype".into()));
+            }
+            let what = format!("mounting {} ({}) on {}", storage.source, storage.fstype, target.display());
+            mount(Some(storage.source.as_str()), target, Some(storage.fstype.as_str()), flags, data).map_err(io(what))
+        }
+        "virtiofs" => {
+            let what = format!("mounting virtio-fs tag {} on {}", storage.source, target.display());
+            mount(Some(storage.source.as_str()), target, Some("virtiofs"), flags, data).map_err(io(what))
+        }
+        other => Err(ContainerError::InvalidArgument(format!("rootfs driver {other:?} is not blk, virtiofs or bind"))),
+    }
+}
+
+/// Unmounts the rootfs (lazily: a process that escaped the cgroup must not block removal).
+pub fn unmount_rootfs(target: &Path) {
+    let _ = umount2(target, MntFlags::MNT_DETACH);
+}

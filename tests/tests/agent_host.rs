@@ -1,0 +1,118 @@
+//! The agent API on the host (tier 2): the agent runs as root in fresh mount and pid
+//! namespaces and serves a Unix socket; containers are busybox on a bind-mounted tree.
+
+use agent_protocol::pb;
+use integration_tests::agent::{cref, create, read_all, spawn_reader, wait};
+use integration_tests::host_agent::{cid, skip, HostAgent};
+use integration_tests::oci;
+use runtime_core::agent::RawClient;
+use tonic::Code;
+
+async fn stdin(client: &mut RawClient, id: &str, exec_id: &str, data: &[u8]) {
+    let request = pb::WriteStdinRequest { container_id: id.into(), exec_id: exec_id.into(), data: data.to_vec() };
+    client.write_stdin(request).await.expect("write_stdin");
+}
+
+async fn remove(client: &mut RawClient, id: &str, force: bool) {
+    let request = pb::RemoveContainerRequest { container_id: id.into(), force };
+    client.remove_container(request).await.expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_output_stdin_and_exit_status() {
+    if skip() {
+        return;
+    }
+    let agent = HostAgent::start();
+    let mut c = agent.connect().await.raw();
+    let id = cid("io");
+    let spec = oci::spec(&["sh", "-c", "echo hello; read l; echo got:$l; echo oops >&2; exit 3"], false);
+    create(&mut c, &id, &spec, agent.rootfs()).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let out = spawn_reader(&c, &id, "", false);
+    let err = spawn_reader(&c, &id, "", true);
+    c.start_container(cref(&id)).await.expect("start");
+    stdin(&mut c, &id, "", b"ping\n").await;
+    c.close_stdin(pb::ProcessRef { container_id: id.clone(), exec_id: String::new() }).await.expect("close_stdin");
+    assert_eq!(wait(&mut c, &id, "").await.unwrap(), 3);
+    assert_eq!(String::from_utf8(out.await.unwrap().unwrap()).unwrap(), "hello\ngot:ping\n");
+    assert_eq!(String::from_utf8(err.await.unwrap().unwrap()).unwrap(), "oops\n");
+    let again = c.start_container(cref(&id)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("is stopped: cannot start"), "{}", again.message());
+    remove(&mut c, &id, false).await;
+    let gone = c.start_container(cref(&id)).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{}", gone.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_signal_pause_resume_stats_and_processes() {
+    if skip() {
+        return;
+    }
+    let agent = HostAgent::start();
+    let mut c = agent.connect().await.raw();
+    let id = cid("life");
+    create(&mut c, &id, &oci::spec(&["sleep", "1000"], false), agent.rootfs()).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    c.start_container(cref(&id)).await.expect("start");
+
+    let exec = pb::ExecProcessRequest {
+        container_id: id.clone(),
+        exec_id: "e1".into(),
+        oci_process_json: serde_json::to_vec(&oci::process(&["sh", "-c", "echo exec-out; hostname; echo $$"], false)).unwrap(),
+    };
+    c.exec_process(exec).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let out = String::from_utf8(read_all(c.clone(), &id, "e1", false).await.unwrap()).unwrap();
+    assert_eq!(wait(&mut c, &id, "e1").await.unwrap(), 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["exec-out", "busybox"], "uts namespace and hostname from the spec: {out}");
+    assert_ne!(lines[2], "1", "exec'd process is not the container's init");
+
+    let ps = c.list_processes(cref(&id)).await.expect("ps").into_inner();
+    assert!(ps.processes.iter().any(|p| p.command == "sleep 1000"), "{ps:?}");
+
+    c.pause_container(cref(&id)).await.expect("pause");
+    let frozen = std::fs::read_to_string(format!("/sys/fs/cgroup/agent/{id}/cgroup.events")).ok();
+    let paused_exec = pb::ExecProcessRequest {
+        container_id: id.clone(),
+        exec_id: "e2".into(),
+        oci_process_json: serde_json::to_vec(&oci::process(&["true"], false)).unwrap(),
+    };
+    let refused = c.exec_process(paused_exec).await.unwrap_err();
+    assert!(refused.message().contains("is paused: cannot exec"), "{}", refused.message());
+    let again = c.pause_container(cref(&id)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    c.resume_container(cref(&id)).await.expect("resume");
+    if let Some(events) = frozen {
+        assert!(events.contains("frozen 1"), "{events}");
+    }
+
+    let stats = c.stats_container(cref(&id)).await.expect("stats").into_inner();
+    assert!(stats.pids.is_some() && stats.cpu.is_some(), "{stats:?}");
+    assert!(stats.network.iter().any(|n| n.interface == "lo"), "{stats:?}");
+
+    // The init is PID 1 of its namespace: SIGTERM without a handler is ignored, SIGKILL is not.
+    let sig = pb::SignalProcessRequest { container_id: id.clone(), exec_id: String::new(), signal: 9, all: false };
+    c.signal_process(sig).await.expect("signal");
+    assert_eq!(wait(&mut c, &id, "").await.unwrap(), 128 + 9);
+    remove(&mut c, &id, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminal_process_with_resize() {
+    if skip() {
+        return;
+    }
+    let agent = HostAgent::start();
+    let mut c = agent.connect().await.raw();
+    let id = cid("tty");
+    create(&mut c, &id, &oci::spec(&["sh"], true), agent.rootfs()).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let out = spawn_reader(&c, &id, "", false);
+    c.start_container(cref(&id)).await.expect("start");
+    let resize = pb::ResizeTerminalRequest { container_id: id.clone(), exec_id: String::new(), rows: 40, columns: 123 };
+    c.resize_terminal(resize).await.expect("resize");
+    stdin(&mut c, &id, "", b"stty size; echo $((6*7)); exit 5\n").await;
+    assert_eq!(wait(&mut c, &id, "").await.unwrap(), 5);
+    let text = String::from_utf8_lossy(&out.await.unwrap().unwrap()).into_owned();
+    assert!(text.contains("40 123") && text.contains("42"), "{text:?}");
+    remove(&mut c, &id, false).await;
+}

@@ -1,0 +1,76 @@
+//! The agent in a real guest (tier 3): QEMU with TCG boots the image `cargo xtask guest`
+//! builds; the agent answers over virtio-serial + Yamux and runs a busybox container whose
+//! rootfs is an ext4 image on virtio-blk.
+
+use agent_protocol::pb;
+use integration_tests::agent::{cref, create, read_all, spawn_reader, wait};
+use integration_tests::qemu::{guest_image, qemu_available, Guest};
+use integration_tests::{oci, skip_unless};
+use std::time::Duration;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn blk_rootfs() -> pb::Storage {
+    pb::Storage { driver: "blk".into(), source: "/dev/vda".into(), fstype: "ext4".into(), read_only: true, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busybox_container_in_a_qemu_guest() {
+    if skip_unless(qemu_available(), "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)") {
+        return;
+    }
+    let image = guest_image();
+    if skip_unless(image.is_some(), "no guest image: run `cargo xtask guest`") {
+        return;
+    }
+    let guest = Guest::boot(&image.expect("checked"));
+    let agent = guest.connect(BOOT_TIMEOUT).await;
+    eprintln!("agent ready {:?} after spawning QEMU (TCG)", guest.spawned.elapsed());
+    assert!(agent.handshake.channels.iter().any(|c| c == "serial:agent.0"), "{:?}", agent.handshake);
+    let health = agent.health().await.expect("health");
+    assert_eq!(health.status(), pb::health_response::Status::Serving);
+    eprintln!("agent RSS in the guest: {} KiB", health.agent_rss_kib);
+    let mut c = agent.raw();
+
+    // A container that prints, reads stdin and exits with a status.
+    let spec = oci::spec(&["sh", "-c", "echo hello from busybox; cat /etc/hostname; read l; echo got:$l; exit 3"], false);
+    create(&mut c, "c1", &spec, blk_rootfs()).await.unwrap_or_else(|e| panic!("{e}\n{}", guest.console()));
+    let out = spawn_reader(&c, "c1", "", false);
+    c.start_container(cref("c1")).await.expect("start");
+    let input = pb::WriteStdinRequest { container_id: "c1".into(), exec_id: String::new(), data: b"ping\n".to_vec() };
+    c.write_stdin(input).await.expect("stdin");
+    assert_eq!(wait(&mut c, "c1", "").await.unwrap(), 3);
+    let text = String::from_utf8(out.await.unwrap().unwrap()).unwrap();
+    assert_eq!(text, "hello from busybox\nbusybox\ngot:ping\n");
+
+    // A long-running one: exec, stats, pause and resume, signal, wait.
+    create(&mut c, "c2", &oci::spec(&["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 1; done"], false), blk_rootfs())
+        .await
+        .expect("create c2");
+    c.start_container(cref("c2")).await.expect("start c2");
+    let exec = pb::ExecProcessRequest {
+        container_id: "c2".into(),
+        exec_id: "e1".into(),
+        oci_process_json: serde_json::to_vec(&oci::process(&["sh", "-c", "echo exec-out; ls /"], false)).unwrap(),
+    };
+    c.exec_process(exec).await.expect("exec");
+    let listing = String::from_utf8(read_all(c.clone(), "c2", "e1", false).await.unwrap()).unwrap();
+    assert_eq!(wait(&mut c, "c2", "e1").await.unwrap(), 0);
+    assert!(listing.starts_with("exec-out\n") && listing.contains("bin"), "{listing}");
+
+    let stats = c.stats_container(cref("c2")).await.expect("stats").into_inner();
+    let memory = stats.memory.expect("memory stats");
+    let pids = stats.pids.expect("pids stats");
+    assert!(memory.usage_bytes > 0, "memory controller in the guest: {memory:?}");
+    assert!(pids.current >= 2, "sh and sleep at least: {pids:?}");
+
+    c.pause_container(cref("c2")).await.expect("pause");
+    c.resume_container(cref("c2")).await.expect("resume");
+    let term = pb::SignalProcessRequest { container_id: "c2".into(), exec_id: String::new(), signal: 15, all: false };
+    c.signal_process(term).await.expect("signal");
+    assert_eq!(wait(&mut c, "c2", "").await.unwrap(), 42, "the trap ran");
+    for id in ["c1", "c2"] {
+        c.remove_container(pb::RemoveContainerRequest { container_id: id.into(), force: false }).await.expect("remove");
+    }
+    assert_eq!(agent.health().await.expect("health").containers, 0);
+}
