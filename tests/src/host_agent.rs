@@ -1,5 +1,5 @@
-//! The agent on the host, for the fast protocol tests: run as root in fresh mount and pid
-//! namespaces (with a cgroup v2 mount of its own) and served on a Unix socket.
+//! The agent on the host, for the fast protocol tests: run as root in fresh mount, pid and
+//! network namespaces (with a cgroup v2 mount of its own) and served on a Unix socket.
 
 use runtime_core::agent::{AgentClient, Dialer};
 use std::path::{Path, PathBuf};
@@ -62,7 +62,8 @@ impl HostAgent {
             });
         }
         let child = command
-            .args(["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script])
+            .args(["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", "--net"])
+            .args(["sh", "-c", script])
             .arg(agent_binary())
             .arg(dir.path().join("agent.sock"))
             .arg(dir.path().join("state"))

@@ -69,6 +69,8 @@ impl Guest {
             .arg("-drive")
             .arg(format!("file={},if=none,id=rootfs,format=raw", rootfs.display()))
             .args(["-device", "virtio-blk-pci,drive=rootfs"])
+            // A NIC (QEMU's user networking) for the agent's network calls: eth0 in the guest.
+            .args(["-nic", "user,model=virtio-net-pci"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

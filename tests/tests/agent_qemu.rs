@@ -64,6 +64,40 @@ async fn busybox_container_in_a_qemu_guest() {
     assert!(memory.usage_bytes > 0, "memory controller in the guest: {memory:?}");
     assert!(pids.current >= 2, "sh and sleep at least: {pids:?}");
 
+    // Resource limits, applied to the container's cgroup.
+    let limits = serde_json::json!({ "memory": { "limit": 67108864 }, "pids": { "limit": 50 } });
+    let update = pb::UpdateContainerRequest { container_id: "c2".into(), resources_json: serde_json::to_vec(&limits).unwrap() };
+    c.update_container(update).await.expect("update");
+    let stats = c.stats_container(cref("c2")).await.expect("stats").into_inner();
+    assert_eq!(stats.memory.expect("memory").limit_bytes, 64 << 20);
+    assert_eq!(stats.pids.expect("pids").limit, 50);
+
+    // The guest clock and RNG, as after a clone from a template.
+    let in_2030 = 1_893_456_000;
+    c.set_guest_time(pb::SetGuestTimeRequest { seconds: in_2030, nanoseconds: 0 }).await.expect("set time");
+    let date = pb::ExecProcessRequest {
+        container_id: "c2".into(),
+        exec_id: "date".into(),
+        oci_process_json: serde_json::to_vec(&oci::process(&["date", "+%s"], false)).unwrap(),
+    };
+    c.exec_process(date).await.expect("exec date");
+    let now: i64 = String::from_utf8(read_all(c.clone(), "c2", "date", false).await.unwrap()).unwrap().trim().parse().unwrap();
+    assert!((in_2030..in_2030 + 120).contains(&now), "guest time {now}");
+    c.reseed_random(pb::ReseedRandomRequest { data: vec![7; 64] }).await.expect("reseed");
+    let empty = c.reseed_random(pb::ReseedRandomRequest { data: vec![] }).await.unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+
+    // The guest's NIC, configured over netlink; the container shares the guest's network.
+    let eth0 = pb::Interface { name: "eth0".into(), up: true, addresses: vec!["10.0.2.15/24".into()], ..Default::default() };
+    let eth0 = c.update_interface(eth0).await.expect("update eth0").into_inner();
+    assert!(eth0.up && eth0.mac.len() == 17, "{eth0:?}");
+    let default = pb::Route { gateway: "10.0.2.2".into(), device: "eth0".into(), ..Default::default() };
+    let table = c.update_routes(pb::RouteList { routes: vec![default] }).await.expect("routes").into_inner();
+    assert!(table.routes.iter().any(|r| r.destination.is_empty() && r.gateway == "10.0.2.2"), "{table:?}");
+    assert!(table.routes.iter().any(|r| r.destination == "10.0.2.0/24" && r.device == "eth0"), "kernel route kept: {table:?}");
+    let stats = c.stats_container(cref("c2")).await.expect("stats").into_inner();
+    assert!(stats.network.iter().any(|n| n.interface == "eth0"), "{:?}", stats.network);
+
     c.pause_container(cref("c2")).await.expect("pause");
     c.resume_container(cref("c2")).await.expect("resume");
     let term = pb::SignalProcessRequest { container_id: "c2".into(), exec_id: String::new(), signal: 15, all: false };
@@ -73,4 +107,12 @@ async fn busybox_container_in_a_qemu_guest() {
         c.remove_container(pb::RemoveContainerRequest { container_id: id.into(), force: false }).await.expect("remove");
     }
     assert_eq!(agent.health().await.expect("health").containers, 0);
+
+    // The host goes away (as a runtime process does on Release) and a new one connects: the
+    // agent starts a fresh Yamux session on the port.
+    drop(c);
+    drop(agent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = guest.connect(Duration::from_secs(30)).await;
+    assert_eq!(again.health().await.expect("health after reconnect").containers, 0);
 }

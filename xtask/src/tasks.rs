@@ -106,9 +106,13 @@ fn tiers_line() -> String {
     format!("tiers: unit and plugin integration ran; {host}; {qemu}; nested KVM skipped (no vmm yet, issue #5)")
 }
 
-/// `cargo xtask bench`: the criterion benchmarks, with release plugin libraries.
+/// `cargo xtask bench`: the criterion benchmarks (release plugin libraries; `extra` goes to
+/// criterion), then the guest boot figures (5 QEMU boots).
 pub fn bench(extra: &[String]) -> Result<()> {
     ensure_packages(BUILD_PACKAGES)?;
+    ensure_packages(TEST_PACKAGES)?;
     build_plugins(true)?;
-    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "storage", "--"]).args(extra))
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "storage", "--"]).args(extra))?;
+    crate::guest::build(&target_dir()?)?;
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "guest_boot"]))
 }

@@ -69,7 +69,9 @@ pub fn build_agent(target: &Path) -> Result<PathBuf> {
     run(Command::new(cargo)
         .args(["build", "--release", "-p", AGENT, "--target", AGENT_TARGET])
         // With an explicit --target these flags reach the target crates only, not build scripts.
-        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // The guest needs no symbols; they are most of the binary.
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols"))?;
     let path = target.join(AGENT_TARGET).join("release").join(AGENT);
     check_static(&path)?;
     Ok(path)
