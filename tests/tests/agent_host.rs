@@ -116,3 +116,54 @@ async fn terminal_process_with_resize() {
     assert!(text.contains("40 123") && text.contains("42"), "{text:?}");
     remove(&mut c, &id, false).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_spec_isolates_the_container() {
+    if skip() {
+        return;
+    }
+    let agent = HostAgent::start();
+    let mut c = agent.connect().await.raw();
+    let id = cid("iso");
+    let script = "echo pid=$$; ulimit -n; pwd; echo foo=$FOO; hostname; ls /; \
+                  grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; \
+                  grep -c ' /proc/timer_list ' /proc/self/mountinfo; grep ' /proc/sys ' /proc/self/mountinfo | grep -c ' ro'; \
+                  touch /written 2>/dev/null && echo rootfs=rw || echo rootfs=ro";
+    let mut spec = oci::spec(&["sh", "-c", script], false);
+    spec["process"]["cwd"] = "/tmp".into();
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin", "FOO=bar"]);
+    spec["process"]["rlimits"] = serde_json::json!([{ "type": "RLIMIT_NOFILE", "hard": 512, "soft": 512 }]);
+    create(&mut c, &id, &spec, agent.rootfs()).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let out = spawn_reader(&c, &id, "", false);
+    c.start_container(cref(&id)).await.expect("start");
+    assert_eq!(wait(&mut c, &id, "").await.unwrap(), 0);
+    let text = String::from_utf8(out.await.unwrap().unwrap()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let expected = [
+        "pid=1",                        // its own pid namespace
+        "512",                          // rlimits
+        "/tmp",                         // cwd
+        "foo=bar",                      // env
+        "busybox",                      // uts namespace, hostname
+        "bin", "dev", "etc", "proc", "sys", "tmp", // pivot_root into the bundle's rootfs
+        "CapEff:\t0000000020000420",    // CAP_KILL, CAP_NET_BIND_SERVICE, CAP_AUDIT_WRITE only
+        "NoNewPrivs:\t1",
+        "1",                            // /proc/timer_list masked
+        "1",                            // /proc/sys read-only
+        "rootfs=ro",                    // root.readonly
+    ];
+    assert_eq!(lines, expected, "{text}");
+
+    // Another user, through exec.
+    c.start_container(cref(&id)).await.expect_err("stopped");
+    c.remove_container(pb::RemoveContainerRequest { container_id: id.clone(), force: false }).await.expect("remove");
+    create(&mut c, &id, &oci::spec(&["sleep", "1000"], false), agent.rootfs()).await.expect("create");
+    c.start_container(cref(&id)).await.expect("start");
+    let mut process = oci::process(&["sh", "-c", "id -u; id -g; id -G"], false);
+    process["user"] = serde_json::json!({ "uid": 1000, "gid": 1000, "additionalGids": [2000] });
+    let exec = pb::ExecProcessRequest { container_id: id.clone(), exec_id: "u".into(), oci_process_json: serde_json::to_vec(&process).unwrap() };
+    c.exec_process(exec).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let ids = String::from_utf8(read_all(c.clone(), &id, "u", false).await.unwrap()).unwrap();
+    assert_eq!(ids, "1000\n1000\n1000 2000\n");
+    c.remove_container(pb::RemoveContainerRequest { container_id: id.clone(), force: true }).await.expect("remove");
+}
