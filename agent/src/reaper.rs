@@ -59,16 +59,7 @@ impl Reaper {
 
     /// Waits for the pid's exit.
     pub async fn wait(&self, pid: i32) -> ExitStatus {
-        let mut rx = self.watch(pid);
-        loop {
-            if let Some(status) = *rx.borrow_and_update() {
-                return status;
-            }
-            if rx.changed().await.is_err() {
-                // The sender is only dropped after sending; treat as killed.
-                return 128 + libc::SIGKILL;
-            }
-        }
+        wait_for(self.watch(pid)).await
     }
 
     fn reap_all(&self) {
@@ -92,6 +83,19 @@ impl Reaper {
                 state.order.push_back(pid);
                 state.unclaimed.insert(pid, status);
             }
+        }
+    }
+}
+
+/// Waits until a receiver from [`Reaper::watch`] carries the exit status.
+pub async fn wait_for(mut rx: watch::Receiver<Option<ExitStatus>>) -> ExitStatus {
+    loop {
+        if let Some(status) = *rx.borrow_and_update() {
+            return status;
+        }
+        if rx.changed().await.is_err() {
+            // The sender is only dropped after sending; treat as killed.
+            return 128 + libc::SIGKILL;
         }
     }
 }

@@ -99,8 +99,7 @@ pub fn test(extra: &[String]) -> Result<()> {
 /// Which tiers ran, and why any was skipped. The tests themselves skip on the same conditions
 /// (and fail instead under SANDBOX_TESTS_STRICT=1, which .ci/run sets as root).
 fn tiers_line() -> String {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    let host = if root { "host agent ran (as root, in namespaces)".to_owned() } else { "host agent skipped (needs root)".to_owned() };
+    let host = if crate::deps::is_root() { "host agent ran (as root, in namespaces)".to_owned() } else { "host agent skipped (needs root)".to_owned() };
     let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
     let qemu = if qemu { "QEMU end to end ran (TCG, agent + busybox container)" } else { "QEMU end to end skipped (no qemu-system-x86_64)" };
     format!("tiers: unit and plugin integration ran; {host}; {qemu}; nested KVM skipped (no vmm yet, issue #5)")

@@ -48,15 +48,7 @@ impl Process {
 
     /// Waits for the exit.
     pub async fn wait(&self) -> i32 {
-        let mut rx = self.exit.clone();
-        loop {
-            if let Some(status) = *rx.borrow_and_update() {
-                return status;
-            }
-            if rx.changed().await.is_err() {
-                return 128 + libc::SIGKILL;
-            }
-        }
+        crate::reaper::wait_for(self.exit.clone()).await
     }
 
     /// Sends a signal.
