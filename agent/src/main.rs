@@ -48,6 +48,23 @@ struct Options {
 
 const USAGE: &str = "usage: guest-agent [serve --listen CHANNEL... [--state-dir DIR] [--log LEVEL]]";
 
+/// The kernel command line. PID 1 starts before anything is mounted: if `/proc` is not
+/// there yet, it is mounted for the read and unmounted again (`init::boot` mounts it for good).
+fn kernel_cmdline() -> String {
+    if let Ok(text) = std::fs::read_to_string("/proc/cmdline") {
+        return text;
+    }
+    let _ = std::fs::create_dir_all("/proc");
+    let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC;
+    if let Err(e) = nix::mount::mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>) {
+        eprintln!("guest-agent: mounting /proc to read the kernel command line: {e}; using the default channels");
+        return String::new();
+    }
+    let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let _ = nix::mount::umount("/proc");
+    text
+}
+
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let pid1 = std::process::id() == 1;
     let mut opts = Options { channels: Vec::new(), state_dir: PathBuf::from("/run/agent"), log: "info".into(), pid1: false };
@@ -55,7 +72,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     match it.next().map(String::as_str) {
         None if pid1 => {
             opts.pid1 = true;
-            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let cmdline = kernel_cmdline();
             let param = |key: &str| cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_owned);
             let channels = param("agent.channels=").unwrap_or_else(|| {
                 format!("vsock:{},serial:{}", agent_protocol::VSOCK_PORT, agent_protocol::SERIAL_PORT_NAME)

@@ -140,6 +140,12 @@ impl Agent for AgentService {
         ok(pb::WaitProcessResponse { exit_status })
     }
 
+    async fn status_process(&self, request: Request<pb::ProcessRef>) -> Result<Response<pb::ProcessStatus>, Status> {
+        let r = request.into_inner();
+        let (state, exit) = self.containers.status(&r.container_id, &r.exec_id)?;
+        ok(pb::ProcessStatus { container_state: state.to_string(), exited: exit.is_some(), exit_status: exit.unwrap_or_default() })
+    }
+
     async fn write_stdin(&self, request: Request<pb::WriteStdinRequest>) -> Result<Response<pb::WriteStdinResponse>, Status> {
         let r = request.into_inner();
         let written = self.containers.write_stdin(&r.container_id, &r.exec_id, &r.data).await?;

@@ -1,13 +1,19 @@
 //! `sandboxctl`: the operator CLI. The built-in storage plugins are linked in statically;
 //! more plugins are loaded from the directories the config file names.
 
+mod attach;
 mod commands;
+mod containers;
+mod sandboxes;
+mod signals;
+mod tty;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 // Link the built-in plugins so that their static registrations are part of this binary.
+use hypervisor_qemu as _;
 use storage_fs as _;
 use storage_leveldb as _;
 
@@ -39,24 +45,103 @@ enum Command {
         #[arg(long, default_value = r#"{"path": "{dir}"}"#)]
         plugin_config: String,
     },
-    /// The demo: list the plugins, then save, load, list and delete a record.
+    /// The storage demo: list the plugins, then save, load, list and delete a record.
     Demo,
+    /// Create a sandbox from a config file (TOML or JSON): boot its VM and create its
+    /// containers without starting them.
+    Create {
+        /// The sandbox config.
+        file: PathBuf,
+    },
+    /// Create and start a sandbox and its containers, then stream the first container's
+    /// output until it exits.
+    Run(sandboxes::RunArgs),
+    /// List the sandboxes.
+    List,
+    /// A sandbox's detailed status (JSON).
+    Status {
+        /// The sandbox.
+        id: String,
+    },
+    /// Start a sandbox and its containers (a stopped sandbox gets a fresh VM).
+    Start {
+        /// The sandbox.
+        id: String,
+    },
+    /// Stop a sandbox: destroy its containers and stop its VM.
+    Stop {
+        /// The sandbox.
+        id: String,
+        /// Ignore guest failures.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Delete a sandbox (stopping it first): nothing of it remains.
+    Delete {
+        /// The sandbox.
+        id: String,
+    },
+    /// Pause a sandbox's VM.
+    Pause {
+        /// The sandbox.
+        id: String,
+    },
+    /// Resume a paused sandbox.
+    Resume {
+        /// The sandbox.
+        id: String,
+    },
+    /// Print a sandbox's VM console log.
+    Console {
+        /// The sandbox.
+        id: String,
+    },
+    /// Operate on the containers of a sandbox.
+    #[command(subcommand)]
+    Container(containers::ContainerCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(cli.log).init();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {}", runtime_core::plugins::error_chain(e.as_ref()));
-        std::process::exit(1);
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {}", runtime_core::plugins::error_chain(e.as_ref()));
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<i32> {
+    let done = |r: Result<()>| r.map(|()| 0);
     match cli.command {
-        Command::Plugins => commands::plugins(&cli.config),
-        Command::Store(cmd) => commands::store(&cli.config, cmd),
-        Command::Conformance { library, plugin_config } => commands::conformance(&library, &plugin_config),
-        Command::Demo => commands::demo(&cli.config),
+        Command::Plugins => done(commands::plugins(&cli.config)),
+        Command::Store(cmd) => done(commands::store(&cli.config, cmd)),
+        Command::Conformance { library, plugin_config } => done(commands::conformance(&library, &plugin_config)),
+        Command::Demo => done(commands::demo(&cli.config)),
+        command => {
+            let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            tokio.block_on(sandbox_command(&cli.config, command))
+        }
+    }
+}
+
+async fn sandbox_command(config: &std::path::Path, command: Command) -> Result<i32> {
+    let runtime = runtime_core::sandbox::Runtime::from_file(config).map_err(anyhow::Error::from_boxed)?;
+    let done = |r: Result<()>| r.map(|()| 0);
+    match command {
+        Command::Create { file } => done(sandboxes::create(&runtime, file).await),
+        Command::Run(args) => sandboxes::run(&runtime, args).await,
+        Command::List => done(sandboxes::list(&runtime).await),
+        Command::Status { id } => done(sandboxes::status(&runtime, &id).await),
+        Command::Start { id } => done(sandboxes::start(&runtime, &id).await),
+        Command::Stop { id, force } => done(sandboxes::stop(&runtime, &id, force).await),
+        Command::Delete { id } => done(sandboxes::delete(&runtime, &id).await),
+        Command::Pause { id } => done(sandboxes::pause(&runtime, &id, true).await),
+        Command::Resume { id } => done(sandboxes::pause(&runtime, &id, false).await),
+        Command::Console { id } => done(sandboxes::console(&runtime, &id).await),
+        Command::Container(cmd) => containers::run(&runtime, cmd).await,
+        Command::Plugins | Command::Store(_) | Command::Conformance { .. } | Command::Demo => anyhow::bail!("not a sandbox command"),
     }
 }

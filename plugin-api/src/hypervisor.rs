@@ -31,8 +31,51 @@ pub struct HypervisorConfig {
     /// Plugin-specific settings.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// The file the VM's serial console is written to. The host owns it (and removes it when
+    /// the sandbox is deleted); `None` discards the console.
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+    /// Disks attached when the VM is created, in order (hot-plug adds more later).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
 }
 payload!(HypervisorConfig, 1);
+
+/// The longest [`DiskConfig::name`]: the size of a virtio-blk serial number.
+pub const MAX_DISK_NAME_LEN: usize = 20;
+
+/// A disk image attached to a VM as a virtio-blk device.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DiskConfig {
+    /// The name the guest finds the disk by: its virtio-blk serial number (1 to
+    /// [`MAX_DISK_NAME_LEN`] bytes of `[A-Za-z0-9_.-]`), read from `/sys/block/vdX/serial`.
+    pub name: String,
+    /// The image file (raw).
+    pub path: PathBuf,
+    /// Whether the guest may only read it.
+    #[serde(default = "yes")]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl DiskConfig {
+    /// Checks the name's length and characters.
+    pub fn validate_name(name: &str) -> Result<(), PluginError> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_DISK_NAME_LEN
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if ok {
+            Ok(())
+        } else {
+            Err(PluginError::invalid_input(format!(
+                "disk name {name:?} must be 1 to {MAX_DISK_NAME_LEN} characters of A-Z, a-z, 0-9, '_', '.' and '-'"
+            )))
+        }
+    }
+}
 
 /// A device to hot-plug into or out of a running VM.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -75,9 +118,15 @@ pub trait Hypervisor: Send + Sync {
     ) -> RResult<RVec<u8>, PluginError>;
     /// Hot-plugs or unplugs a device ([`DeviceRequest`] payload); returns the updated state.
     fn hotplug(&self, vm: RSlice<'_, u8>, request: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
-    /// The address the host dials to reach the guest agent (`hvsock:///path:1024`, ...).
+    /// The addresses the host may dial to reach the guest agent, comma-separated, best first:
+    /// `serial:<path>` (the host socket of a virtio-serial port, carrying Yamux),
+    /// `hvsock:<path>:<port>` (hybrid vsock), `vsock:<cid>:<port>` or `unix:<path>`. A host
+    /// process takes one address for as long as it talks to the agent; several addresses let
+    /// several host processes talk to the agent at once.
     fn agent_endpoint(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError>;
-    /// Whether the VM's process is alive, as `"running"`, `"paused"`, `"stopped"` or `"dead"`.
+    /// Whether the VM's process is alive, as `"created"` (not started yet), `"running"`,
+    /// `"paused"`, `"stopped"` (stopped through the plugin) or `"dead"` (it was started and its
+    /// process is gone although nobody stopped it).
     #[sabi(last_prefix_field)]
     fn vm_status(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError>;
 }
@@ -149,5 +198,83 @@ impl<H: HypervisorPlugin> Hypervisor for HypervisorAdapter<H> {
     }
     fn vm_status(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError> {
         guard("vm_status", || self.0.vm_status(&vm).map(RString::from))
+    }
+}
+
+/// The host's view of a hypervisor plugin instance, in plain Rust types. Every call blocks:
+/// async hosts call it from a blocking thread.
+pub struct HypervisorHandle {
+    inner: HypervisorBox,
+    plugin: String,
+}
+
+impl std::fmt::Debug for HypervisorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HypervisorHandle").field("plugin", &self.plugin).finish()
+    }
+}
+
+impl HypervisorHandle {
+    /// Wraps a hypervisor trait object that came from the plugin named `plugin`.
+    pub fn new(inner: HypervisorBox, plugin: impl Into<String>) -> Self {
+        Self { inner, plugin: plugin.into() }
+    }
+
+    /// The name of the plugin behind this handle.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// The raw trait object (what factory plugins receive).
+    pub fn raw(&self) -> &HypervisorBox {
+        &self.inner
+    }
+
+    fn span(&self, op: &'static str) -> tracing::span::EnteredSpan {
+        tracing::debug_span!("plugin", plugin = %self.plugin, op).entered()
+    }
+
+    /// See [`Hypervisor::create_vm`].
+    pub fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
+        use crate::payload::Payload;
+        let _span = self.span("create_vm");
+        let bytes = config.encode();
+        Ok(self.inner.create_vm(sandbox_id.into(), bytes.as_slice().into()).into_result()?.into_vec())
+    }
+
+    /// See [`Hypervisor::start_vm`].
+    pub fn start_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let _span = self.span("start_vm");
+        Ok(self.inner.start_vm(vm.into()).into_result()?.into_vec())
+    }
+
+    /// See [`Hypervisor::stop_vm`].
+    pub fn stop_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let _span = self.span("stop_vm");
+        Ok(self.inner.stop_vm(vm.into()).into_result()?.into_vec())
+    }
+
+    /// See [`Hypervisor::pause_vm`].
+    pub fn pause_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let _span = self.span("pause_vm");
+        Ok(self.inner.pause_vm(vm.into()).into_result()?.into_vec())
+    }
+
+    /// See [`Hypervisor::resume_vm`].
+    pub fn resume_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let _span = self.span("resume_vm");
+        Ok(self.inner.resume_vm(vm.into()).into_result()?.into_vec())
+    }
+
+    /// See [`Hypervisor::agent_endpoint`].
+    pub fn agent_endpoint(&self, vm: &[u8]) -> Result<String, PluginError> {
+        let _span = self.span("agent_endpoint");
+        Ok(self.inner.agent_endpoint(vm.into()).into_result()?.into_string())
+    }
+
+    /// See [`Hypervisor::vm_status`].
+    pub fn vm_status(&self, vm: &[u8]) -> Result<String, PluginError> {
+        let _span = self.span("vm_status");
+        Ok(self.inner.vm_status(vm.into()).into_result()?.into_string())
     }
 }

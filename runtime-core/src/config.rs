@@ -8,6 +8,20 @@
 //! [storage]
 //! plugin = "fs"                                # a storage plugin's name
 //! path = "/var/lib/sandbox-runtime/metadata"   # every other key goes to the plugin
+//!
+//! [hypervisor]                                 # optional: only sandboxes need it
+//! plugin = "qemu"                              # a hypervisor plugin's name
+//! kernel = "/usr/share/sandbox-runtime/vmlinuz"
+//! initrd = "/usr/share/sandbox-runtime/initramfs.img"
+//! kernel_params = ""                           # appended to the kernel command line
+//! vcpus = 1                                    # default for sandboxes that do not say
+//! memory_mib = 512
+//! accel = "auto"                               # every other key goes to the plugin
+//!
+//! [runtime]
+//! state_dir = "/run/sandbox-runtime"           # locks and console logs, per sandbox
+//! boot_timeout_s = 120                         # from VM start to the agent answering
+//! stop_timeout_s = 10                          # SIGTERM to SIGKILL when stopping containers
 //! ```
 
 use serde::Deserialize;
@@ -86,6 +100,78 @@ impl StorageConfig {
     }
 }
 
+/// The `[hypervisor]` table.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HypervisorSection {
+    /// The hypervisor plugin's name.
+    pub plugin: String,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest initramfs (with the agent).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command-line parameters.
+    #[serde(default)]
+    pub kernel_params: String,
+    /// Default vCPUs per sandbox.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Default memory per sandbox, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Everything else in the table: the plugin's own settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+
+fn default_memory() -> u64 {
+    512
+}
+
+impl HypervisorSection {
+    /// The plugin's settings as the JSON object handed to it.
+    pub fn settings_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.settings).unwrap_or_default()
+    }
+}
+
+/// The `[runtime]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Per-sandbox locks and console logs.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Seconds from starting a VM to its agent answering.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_s: u64,
+    /// Seconds a container gets between SIGTERM and SIGKILL when it is stopped.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_s: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/sandbox-runtime")
+}
+
+fn default_boot_timeout() -> u64 {
+    120
+}
+
+fn default_stop_timeout() -> u64 {
+    10
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self { state_dir: default_state_dir(), boot_timeout_s: default_boot_timeout(), stop_timeout_s: default_stop_timeout() }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +181,12 @@ pub struct RuntimeConfig {
     pub plugins: PluginsConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
+    /// `[hypervisor]`: required to run sandboxes.
+    #[serde(default)]
+    pub hypervisor: Option<HypervisorSection>,
+    /// `[runtime]`.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
 }
 
 impl RuntimeConfig {
@@ -124,6 +216,33 @@ impl RuntimeConfig {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
+        }
+        let relative = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(h) = &mut config.hypervisor {
+            if h.plugin.trim().is_empty() {
+                return Err(invalid("hypervisor.plugin", "is empty; name a hypervisor plugin".into()));
+            }
+            if h.kernel.as_os_str().is_empty() {
+                return Err(invalid("hypervisor.kernel", "is empty; give the guest kernel's path".into()));
+            }
+            relative(&mut h.kernel);
+            if let Some(initrd) = &mut h.initrd {
+                relative(initrd);
+            }
+            if !(1..=crate::sandbox::MAX_VCPUS).contains(&h.vcpus) {
+                return Err(invalid("hypervisor.vcpus", format!("is {}; it must be 1 to {}", h.vcpus, crate::sandbox::MAX_VCPUS)));
+            }
+            if h.memory_mib < crate::sandbox::MIN_MEMORY_MIB {
+                return Err(invalid("hypervisor.memory_mib", format!("is {}; it must be at least {}", h.memory_mib, crate::sandbox::MIN_MEMORY_MIB)));
+            }
+        }
+        relative(&mut config.runtime.state_dir);
+        if config.runtime.boot_timeout_s == 0 {
+            return Err(invalid("runtime.boot_timeout_s", "is 0; it must be at least 1".into()));
         }
         if let Some(value) = config.storage.settings.get_mut("path") {
             let toml::Value::String(p) = value else {
@@ -167,5 +286,28 @@ mod tests {
         let e = parse("[plugins]\nstatic = 'yes'\n[storage]\nplugin = 'fs'\n").unwrap_err();
         assert!(e.contains("static"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn hypervisor_and_runtime_tables() {
+        let c = parse("[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\nkernel = 'vmlinuz'\nvcpus = 2\naccel = 'tcg'\n[runtime]\nstate_dir = 'state'\n")
+            .unwrap();
+        let h = c.hypervisor.expect("hypervisor");
+        assert_eq!(h.kernel, PathBuf::from("/etc/rt/vmlinuz"));
+        assert_eq!((h.vcpus, h.memory_mib), (2, 512));
+        assert_eq!(h.settings_json(), serde_json::json!({"accel": "tcg"}));
+        assert_eq!(c.runtime.state_dir, PathBuf::from("/etc/rt/state"));
+        assert_eq!(c.runtime.boot_timeout_s, 120);
+        let base = "[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\nkernel = 'k'\n";
+        let e = parse(&format!("{base}vcpus = 0\n")).unwrap_err();
+        assert!(e.contains("hypervisor.vcpus") && e.contains("is 0"), "{e}");
+        let e = parse(&format!("{base}memory_mib = 16\n")).unwrap_err();
+        assert!(e.contains("hypervisor.memory_mib"), "{e}");
+        let e = parse("[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\n").unwrap_err();
+        assert!(e.contains("kernel"), "{e}");
+        let e = parse("[storage]\nplugin = 'fs'\n[runtime]\nboot_timeout = 3\n").unwrap_err();
+        assert!(e.contains("boot_timeout"), "{e}");
+        let e = parse("[storage]\nplugin = 'fs'\n[runtime]\nboot_timeout_s = 0\n").unwrap_err();
+        assert!(e.contains("runtime.boot_timeout_s"), "{e}");
     }
 }

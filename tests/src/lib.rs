@@ -5,6 +5,7 @@ pub mod agent;
 pub mod host_agent;
 pub mod oci;
 pub mod qemu;
+pub mod sandbox;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

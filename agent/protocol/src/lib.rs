@@ -11,7 +11,7 @@ pub mod pb {
 }
 
 /// The protocol version this crate defines. Minor versions only add; a major bump breaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
 /// The metadata header every call carries: the client's protocol version, `"major.minor"`.
 pub const VERSION_HEADER: &str = "x-agent-protocol";
@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(check_header(None), Err(VersionError::Missing));
         assert!(matches!(check_header(Some("one")), Err(VersionError::Malformed(_))));
         let err = check_header(Some("2.0")).unwrap_err();
-        assert_eq!(err.to_string(), "client speaks agent protocol 2.0, the agent speaks 1.0: majors differ");
+        assert_eq!(err.to_string(), "client speaks agent protocol 2.0, the agent speaks 1.1: majors differ");
         assert_eq!(check_header(Some("1.3")), Ok(ProtocolVersion { major: 1, minor: 3 }));
     }
 }

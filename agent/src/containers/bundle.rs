@@ -49,6 +49,11 @@ pub fn mount_rootfs(storage: &pb::Storage, target: &Path) -> Result<(), Containe
     let options = storage.options.join(",");
     let data = (!options.is_empty()).then_some(options.as_str());
     let io = |what: String| move |e: nix::Error| ContainerError::Io { what, source: e.into() };
+    let source = match storage.driver.as_str() {
+        "blk" if !storage.source.starts_with('/') => disk_by_serial(Path::new("/sys/block"), &storage.source)?.display().to_string(),
+        _ => storage.source.clone(),
+    };
+    let storage = &pb::Storage { source, ..storage.clone() };
     match storage.driver.as_str() {
         "blk" | "bind" => {
             if !Path::new(&storage.source).exists() {
@@ -77,7 +82,41 @@ pub fn mount_rootfs(storage: &pb::Storage, target: &Path) -> Result<(), Containe
     }
 }
 
+/// The `/dev` node of the virtio-blk disk whose serial number is `serial`, found through
+/// `sys_block` (`/sys/block/vdX/serial`): without udev there are no `/dev/disk/by-id` links.
+fn disk_by_serial(sys_block: &Path, serial: &str) -> Result<PathBuf, ContainerError> {
+    let entries = std::fs::read_dir(sys_block)
+        .map_err(|e| ContainerError::Io { what: format!("listing {}", sys_block.display()), source: e })?;
+    let mut names: Vec<String> = entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for name in names {
+        let found = std::fs::read_to_string(sys_block.join(&name).join("serial")).unwrap_or_default();
+        if found.trim_end_matches(['\n', '\0']) == serial {
+            return Ok(Path::new("/dev").join(name));
+        }
+    }
+    Err(ContainerError::NoRootfs { path: format!("a disk with serial {serial:?} (none in {})", sys_block.display()) })
+}
+
 /// Unmounts the rootfs (lazily: a process that escaped the cgroup must not block removal).
 pub fn unmount_rootfs(target: &Path) {
     let _ = umount2(target, MntFlags::MNT_DETACH);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_disk_by_its_serial() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        for (dev, serial) in [("vda", "rootfs\n"), ("vdb", "data\0\0"), ("loop0", "")] {
+            std::fs::create_dir(sys.path().join(dev)).expect("mkdir");
+            std::fs::write(sys.path().join(dev).join("serial"), serial).expect("write");
+        }
+        assert_eq!(disk_by_serial(sys.path(), "rootfs").expect("rootfs"), Path::new("/dev/vda"));
+        assert_eq!(disk_by_serial(sys.path(), "data").expect("data"), Path::new("/dev/vdb"));
+        let e = disk_by_serial(sys.path(), "nope").unwrap_err().to_string();
+        assert!(e.contains("serial \"nope\""), "{e}");
+    }
 }

@@ -416,6 +416,13 @@ impl Containers {
         Ok(p.wait().await)
     }
 
+    /// The container's state and the process's exit status, if it exited.
+    pub fn status(&self, id: &str, exec_id: &str) -> Result<(State, Option<i32>), ContainerError> {
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        Ok((c.state(), p.exited()))
+    }
+
     /// Writes to a process's stdin.
     pub async fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<u64, ContainerError> {
         let p = self.get(id)?.process(exec_id)?;

@@ -32,6 +32,13 @@ pub enum Dialer {
     },
     /// Streams of a Yamux session over a virtio-serial port's host socket.
     Yamux(YamuxSession),
+    /// AF_VSOCK (needs `/dev/vhost-vsock` on the host).
+    Vsock {
+        /// The guest's context id.
+        cid: u32,
+        /// The guest port.
+        port: u32,
+    },
 }
 
 impl std::fmt::Display for Dialer {
@@ -40,6 +47,7 @@ impl std::fmt::Display for Dialer {
             Dialer::Unix(p) => write!(f, "unix:{}", p.display()),
             Dialer::HybridVsock { path, port } => write!(f, "hvsock:{}:{port}", path.display()),
             Dialer::Yamux(s) => write!(f, "yamux:{}", s.address()),
+            Dialer::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
         }
     }
 }
@@ -55,6 +63,10 @@ impl Dialer {
                 Ok(Box::pin(hybrid_vsock_handshake(stream, *port).await.map_err(fail)?))
             }
             Dialer::Yamux(session) => Ok(Box::pin(session.open().await.map_err(fail)?)),
+            Dialer::Vsock { cid, port } => {
+                let address = tokio_vsock::VsockAddr::new(*cid, *port);
+                Ok(Box::pin(tokio_vsock::VsockStream::connect(address).await.map_err(fail)?))
+            }
         }
     }
 }

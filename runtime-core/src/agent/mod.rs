@@ -2,10 +2,12 @@
 
 mod client;
 mod dial;
+mod endpoint;
 mod yamux;
 
 pub use client::{AgentClient, RawClient};
 pub use dial::{BoxedIo, Dialer};
+pub use endpoint::{parse_endpoints, Endpoint, EndpointError};
 pub use yamux::YamuxSession;
 
 /// Why talking to the agent failed.
@@ -32,6 +34,14 @@ pub enum AgentError {
     /// The agent speaks another protocol major.
     #[error("the agent is incompatible")]
     Incompatible(#[source] agent_protocol::VersionError),
+    /// The agent did not answer in time.
+    #[error("the agent at {address} did not answer within {after:?}")]
+    Timeout {
+        /// The endpoint.
+        address: String,
+        /// How long we waited.
+        after: std::time::Duration,
+    },
     /// A call failed.
     #[error("agent call {method} failed: {} ({:?})", .status.message(), .status.code())]
     Call {

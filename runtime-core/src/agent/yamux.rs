@@ -26,9 +26,22 @@ impl YamuxSession {
     /// Starts a client session over `io`, on the current tokio runtime. `address` names it in
     /// errors.
     pub fn client(io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static, address: &str) -> YamuxSession {
+        Self::client_holding(io, address, ())
+    }
+
+    /// [`YamuxSession::client`], keeping `guard` alive until the session ends (for example
+    /// the claim on the channel the session runs over).
+    pub fn client_holding(
+        io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        address: &str,
+        guard: impl Send + 'static,
+    ) -> YamuxSession {
         let (tx, rx) = mpsc::channel(16);
         let connection = yamux::Connection::new(io.compat(), yamux::Config::default(), yamux::Mode::Client);
-        tokio::spawn(drive(connection, rx));
+        tokio::spawn(async move {
+            drive(connection, rx).await;
+            drop(guard);
+        });
         YamuxSession { requests: tx, address: address.into() }
     }
 

@@ -3,6 +3,7 @@
 
 use super::loader::{load_library, LoadError};
 use super::trust::{check_not_writable_by_others, TrustError};
+use plugin_api::hypervisor::HypervisorHandle;
 use plugin_api::storage::StorageHandle;
 use plugin_api::{PluginError, PluginKind, PluginModuleRef};
 use std::fmt;
@@ -266,5 +267,15 @@ impl Registry {
             RegistryError::Instance { kind: PluginKind::STORAGE, name: name.to_owned(), source }
         })?;
         Ok(StorageHandle::new(storage, name))
+    }
+
+    /// Creates an instance of hypervisor plugin `name` with its JSON config.
+    pub fn open_hypervisor(&self, name: &str, config: &serde_json::Value) -> Result<HypervisorHandle, RegistryError> {
+        let entry = self.find(PluginKind::HYPERVISOR, name)?;
+        let bytes = serde_json::to_vec(config).unwrap_or_default();
+        let hypervisor = (entry.module.new_hypervisor())(bytes.as_slice().into()).into_result().map_err(|source| {
+            RegistryError::Instance { kind: PluginKind::HYPERVISOR, name: name.to_owned(), source }
+        })?;
+        Ok(HypervisorHandle::new(hypervisor, name))
     }
 }

@@ -1,0 +1,107 @@
+//! The sandbox subcommands: the Sandbox Management API on the command line.
+
+use crate::attach::attach;
+use anyhow::{Context, Result};
+use clap::Args;
+use runtime_core::sandbox::{load_sandbox_config, Runtime, SandboxStatus};
+use std::path::PathBuf;
+
+/// `sandboxctl run`
+#[derive(Args)]
+pub struct RunArgs {
+    /// The sandbox config (TOML or JSON): id, disks, containers.
+    pub file: PathBuf,
+    /// Start it and return, without attaching to its first container.
+    #[arg(long, short)]
+    pub detach: bool,
+    /// Delete the sandbox once its first container exited.
+    #[arg(long)]
+    pub rm: bool,
+    /// Forward stdin to the first container.
+    #[arg(long, short)]
+    pub interactive: bool,
+}
+
+fn print_status(status: &SandboxStatus) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(status)?);
+    Ok(())
+}
+
+/// `sandboxctl create FILE`
+pub async fn create(runtime: &Runtime, file: PathBuf) -> Result<()> {
+    let config = load_sandbox_config(&file)?;
+    let sandbox = runtime.create_sandbox(config).await?;
+    println!("{}", sandbox.id());
+    Ok(())
+}
+
+/// `sandboxctl run FILE`: RunSandbox, then (unless detached) the first container's output
+/// until it exits. The exit status is the container's.
+pub async fn run(runtime: &Runtime, args: RunArgs) -> Result<i32> {
+    let config = load_sandbox_config(&args.file)?;
+    let first = config.containers.first().cloned();
+    let sandbox = runtime.run_sandbox(config).await?;
+    let Some(first) = first.filter(|_| !args.detach) else {
+        println!("{}", sandbox.id());
+        return Ok(0);
+    };
+    let terminal = first.process.as_ref().is_some_and(|p| p.terminal);
+    let status = attach(&sandbox, &first.id, &first.id, args.interactive, terminal).await;
+    if args.rm {
+        sandbox.release().await;
+        runtime.delete_sandbox(sandbox.id()).await.with_context(|| format!("deleting sandbox {}", sandbox.id()))?;
+    }
+    status
+}
+
+/// `sandboxctl list`
+pub async fn list(runtime: &Runtime) -> Result<()> {
+    println!("{:<24} {:<8} {:<8} {:<10} CONTAINERS", "ID", "STATE", "VM", "HYPERVISOR");
+    for s in runtime.list_sandboxes().await? {
+        let containers: Vec<String> = s.containers.iter().map(|c| format!("{}:{}", c.id, c.state)).collect();
+        println!("{:<24} {:<8} {:<8} {:<10} {}", s.id, s.state, s.vm_status, s.hypervisor, containers.join(","));
+    }
+    Ok(())
+}
+
+/// `sandboxctl status ID`
+pub async fn status(runtime: &Runtime, id: &str) -> Result<()> {
+    print_status(&runtime.status_sandbox(id).await?)
+}
+
+/// `sandboxctl start ID`
+pub async fn start(runtime: &Runtime, id: &str) -> Result<()> {
+    runtime.start_sandbox(id).await?;
+    Ok(())
+}
+
+/// `sandboxctl stop ID`
+pub async fn stop(runtime: &Runtime, id: &str, force: bool) -> Result<()> {
+    runtime.stop_sandbox(id, force).await?;
+    Ok(())
+}
+
+/// `sandboxctl delete ID`
+pub async fn delete(runtime: &Runtime, id: &str) -> Result<()> {
+    runtime.delete_sandbox(id).await?;
+    Ok(())
+}
+
+/// `sandboxctl pause ID` / `resume ID`
+pub async fn pause(runtime: &Runtime, id: &str, pause: bool) -> Result<()> {
+    let sandbox = runtime.fetch_sandbox(id).await?;
+    if pause {
+        sandbox.pause().await?;
+    } else {
+        sandbox.resume().await?;
+    }
+    Ok(())
+}
+
+/// `sandboxctl console ID`: the VM's console log.
+pub async fn console(runtime: &Runtime, id: &str) -> Result<()> {
+    let path = runtime.fetch_sandbox(id).await?.console_log().context("the sandbox has no console log")?;
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    print!("{}", String::from_utf8_lossy(&text));
+    Ok(())
+}

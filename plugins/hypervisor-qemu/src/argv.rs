@@ -1,0 +1,259 @@
+//! The VM directory's layout and QEMU's command line.
+
+use crate::accel::Accel;
+use crate::config::Network;
+use crate::spec::VmSpec;
+use std::path::{Path, PathBuf};
+
+/// The guest agent's vsock port.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+/// The prefix of the vsock device argument, followed by the CID.
+const VSOCK_DEVICE: &str = "vhost-vsock-pci,guest-cid=";
+
+/// The files in a VM's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDir(pub PathBuf);
+
+impl VmDir {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    /// QMP's socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.0.join("qmp.sock")
+    }
+    /// The lock that serializes QMP sessions.
+    pub fn qmp_lock(&self) -> PathBuf {
+        self.0.join("qmp.lock")
+    }
+    /// QEMU's pid file.
+    pub fn pidfile(&self) -> PathBuf {
+        self.0.join("qemu.pid")
+    }
+    /// The host socket of agent port `n` (`agent.<n>` in the guest).
+    pub fn agent_socket(&self, n: u32) -> PathBuf {
+        self.0.join(format!("agent-{n}.sock"))
+    }
+}
+
+/// What the command line is built from.
+#[derive(Debug, Clone)]
+pub struct VmArgs<'a> {
+    /// The QEMU binary (absolute).
+    pub qemu: &'a Path,
+    /// The sandbox id.
+    pub sandbox_id: &'a str,
+    /// The VM directory.
+    pub dir: &'a VmDir,
+    /// The machine type.
+    pub machine: &'a str,
+    /// The accelerator.
+    pub accel: Accel,
+    /// The number of agent ports.
+    pub agent_ports: u32,
+    /// The network.
+    pub network: Network,
+    /// The vsock CID, when the host has `/dev/vhost-vsock`.
+    pub vsock_cid: Option<u32>,
+    /// The checked VM config.
+    pub spec: &'a VmSpec,
+}
+
+/// The guest's `agent.channels=` value: vsock first when there is one, then every port.
+pub fn agent_channels(agent_ports: u32, vsock: bool) -> String {
+    let vsock = vsock.then(|| format!("vsock:{AGENT_VSOCK_PORT}"));
+    let serial = (0..agent_ports).map(|n| format!("serial:agent.{n}"));
+    vsock.into_iter().chain(serial).collect::<Vec<_>>().join(",")
+}
+
+/// QEMU's full argv, the binary first. Paths are absolute and were checked to hold no ','.
+pub fn build(a: &VmArgs<'_>) -> Vec<String> {
+    let s = a.spec;
+    let mut argv: Vec<String> = Vec::new();
+    let mut push = |args: &[&str]| argv.extend(args.iter().map(|s| (*s).to_owned()));
+    let path = |p: &Path| p.display().to_string();
+
+    push(&[&path(a.qemu)]);
+    push(&["-name", &format!("sandbox-{}", a.sandbox_id)]);
+    push(&["-M", a.machine, "-accel", a.accel.name(), "-cpu", a.accel.cpu()]);
+    push(&["-smp", &s.vcpus.to_string(), "-m", &s.memory_mib.to_string()]);
+    push(&["-kernel", &path(&s.kernel)]);
+    if let Some(initrd) = &s.initrd {
+        push(&["-initrd", &path(initrd)]);
+    }
+    let mut append = format!("console=ttyS0 panic=-1 quiet agent.channels={}", agent_channels(a.agent_ports, a.vsock_cid.is_some()));
+    if !s.kernel_params.is_empty() {
+        append.push(' ');
+        append.push_str(&s.kernel_params);
+    }
+    push(&["-append", &append]);
+    push(&["-display", "none", "-nodefaults", "-no-reboot", "-no-user-config", "-monitor", "none"]);
+    let serial = match &s.console_log {
+        Some(log) => format!("file:{}", log.display()),
+        None => "null".into(),
+    };
+    push(&["-serial", &serial]);
+    push(&["-qmp", &format!("unix:{},server=on,wait=off", a.dir.qmp_socket().display())]);
+    push(&["-device", "virtio-serial-pci"]);
+    for n in 0..a.agent_ports {
+        let chardev = format!("socket,id=agent{n},path={},server=on,wait=off", a.dir.agent_socket(n).display());
+        push(&["-chardev", &chardev]);
+        push(&["-device", &format!("virtserialport,chardev=agent{n},name=agent.{n}")]);
+    }
+    for (i, d) in s.disks.iter().enumerate() {
+        let readonly = if d.read_only { "on" } else { "off" };
+        push(&["-drive", &format!("file={},if=none,id=disk{i},format=raw,readonly={readonly}", d.path.display())]);
+        push(&["-device", &format!("virtio-blk-pci,drive=disk{i},serial={}", d.name)]);
+    }
+    if a.network == Network::User {
+        push(&["-nic", "user,model=virtio-net-pci"]);
+    }
+    if let Some(cid) = a.vsock_cid {
+        push(&["-device", &format!("{VSOCK_DEVICE}{cid}")]);
+    }
+    push(&["-daemonize", "-pidfile", &path(&a.dir.pidfile())]);
+    argv
+}
+
+/// A vsock CID for `sandbox_id` (3 or more: 0 to 2 are reserved, `u32::MAX` is "any").
+/// `attempt` picks another one when QEMU reports the previous one in use.
+pub fn vsock_cid(sandbox_id: &str, attempt: u32) -> u32 {
+    // FNV-1a: stable across processes and builds, unlike std's hasher.
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in sandbox_id.bytes().chain(attempt.to_le_bytes()) {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    3 + hash % (u32::MAX - 3)
+}
+
+/// Replaces the vsock CID in `argv`; returns whether there was a vsock device.
+pub fn set_vsock_cid(argv: &mut [String], cid: u32) -> bool {
+    match argv.iter_mut().find(|a| a.starts_with(VSOCK_DEVICE)) {
+        Some(arg) => {
+            *arg = format!("{VSOCK_DEVICE}{cid}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// The longest socket path of a VM in `dir` with `agent_ports` ports, if it is too long for a
+/// Unix socket address.
+pub fn socket_path_too_long(dir: &VmDir, agent_ports: u32) -> Option<PathBuf> {
+    let mut paths = vec![dir.qmp_socket()];
+    paths.extend((0..agent_ports).map(|n| dir.agent_socket(n)));
+    paths.into_iter().find(|p| p.as_os_str().len() > MAX_SOCKET_PATH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DiskSpec;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            kernel: "/img/vmlinuz".into(),
+            initrd: Some("/img/initrd".into()),
+            kernel_params: "agent.log=debug".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            console_log: Some("/logs/console.log".into()),
+            disks: vec![
+                DiskSpec { name: "rootfs".into(), path: "/img/root.ext4".into(), read_only: true },
+                DiskSpec { name: "data".into(), path: "/img/data.img".into(), read_only: false },
+            ],
+        }
+    }
+
+    fn argv(accel: Accel, network: Network, vsock_cid: Option<u32>, spec: &VmSpec) -> Vec<String> {
+        let dir = VmDir("/run/q/sb1".into());
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        build(&VmArgs { qemu, sandbox_id: "sb1", dir: &dir, machine: "pc", accel, agent_ports: 2, network, vsock_cid, spec })
+    }
+
+    /// Whether `pair` appears as two consecutive arguments.
+    fn has(argv: &[String], pair: [&str; 2]) -> bool {
+        argv.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1])
+    }
+
+    #[test]
+    fn the_important_arguments() {
+        let a = argv(Accel::Tcg, Network::User, None, &spec());
+        assert_eq!(a[0], "/usr/bin/qemu-system-x86_64");
+        assert!(has(&a, ["-name", "sandbox-sb1"]));
+        assert!(has(&a, ["-M", "pc"]) && has(&a, ["-accel", "tcg"]) && has(&a, ["-cpu", "max"]));
+        assert!(has(&a, ["-smp", "2"]) && has(&a, ["-m", "512"]));
+        assert!(has(&a, ["-kernel", "/img/vmlinuz"]) && has(&a, ["-initrd", "/img/initrd"]));
+        assert!(has(&a, [
+            "-append",
+            "console=ttyS0 panic=-1 quiet agent.channels=serial:agent.0,serial:agent.1 agent.log=debug"
+        ]));
+        assert!(has(&a, ["-serial", "file:/logs/console.log"]));
+        assert!(has(&a, ["-qmp", "unix:/run/q/sb1/qmp.sock,server=on,wait=off"]));
+        assert!(has(&a, ["-device", "virtio-serial-pci"]));
+        for n in 0..2 {
+            assert!(has(&a, ["-chardev", &format!("socket,id=agent{n},path=/run/q/sb1/agent-{n}.sock,server=on,wait=off")]));
+            assert!(has(&a, ["-device", &format!("virtserialport,chardev=agent{n},name=agent.{n}")]));
+        }
+        assert!(!a.iter().any(|x| x.contains("agent2")));
+        assert!(has(&a, ["-drive", "file=/img/root.ext4,if=none,id=disk0,format=raw,readonly=on"]));
+        assert!(has(&a, ["-device", "virtio-blk-pci,drive=disk0,serial=rootfs"]));
+        assert!(has(&a, ["-drive", "file=/img/data.img,if=none,id=disk1,format=raw,readonly=off"]));
+        assert!(has(&a, ["-device", "virtio-blk-pci,drive=disk1,serial=data"]));
+        assert!(has(&a, ["-nic", "user,model=virtio-net-pci"]));
+        assert!(a.iter().any(|x| x == "-daemonize") && has(&a, ["-pidfile", "/run/q/sb1/qemu.pid"]));
+        for flag in ["-nodefaults", "-no-reboot", "-no-user-config"] {
+            assert!(a.iter().any(|x| x == flag), "{flag}");
+        }
+        assert!(has(&a, ["-monitor", "none"]) && has(&a, ["-display", "none"]));
+        assert!(!a.iter().any(|x| x.contains("vsock")));
+    }
+
+    #[test]
+    fn kvm_no_network_no_console_no_initrd() {
+        let mut s = spec();
+        s.console_log = None;
+        s.initrd = None;
+        s.kernel_params.clear();
+        s.disks.clear();
+        let a = argv(Accel::Kvm, Network::None, None, &s);
+        assert!(has(&a, ["-accel", "kvm"]) && has(&a, ["-cpu", "host"]));
+        assert!(has(&a, ["-serial", "null"]));
+        assert!(!a.iter().any(|x| x == "-initrd" || x == "-nic" || x == "-drive"));
+        assert!(has(&a, ["-append", "console=ttyS0 panic=-1 quiet agent.channels=serial:agent.0,serial:agent.1"]));
+    }
+
+    #[test]
+    fn vsock_goes_first_in_the_channels() {
+        let mut a = argv(Accel::Tcg, Network::User, Some(77), &spec());
+        assert!(has(&a, ["-device", "vhost-vsock-pci,guest-cid=77"]));
+        assert!(a.iter().any(|x| x.contains("agent.channels=vsock:1024,serial:agent.0,serial:agent.1 ")));
+        assert!(set_vsock_cid(&mut a, 1234));
+        assert!(has(&a, ["-device", "vhost-vsock-pci,guest-cid=1234"]));
+        assert!(!set_vsock_cid(&mut argv(Accel::Tcg, Network::User, None, &spec()), 5));
+    }
+
+    #[test]
+    fn vsock_cids_are_stable_valid_and_vary() {
+        assert_eq!(vsock_cid("sb1", 0), vsock_cid("sb1", 0));
+        assert_ne!(vsock_cid("sb1", 0), vsock_cid("sb1", 1));
+        assert_ne!(vsock_cid("sb1", 0), vsock_cid("sb2", 0));
+        for id in ["", "a", "sb1", "x-y-z"] {
+            for attempt in 0..10 {
+                let cid = vsock_cid(id, attempt);
+                assert!((3..u32::MAX).contains(&cid), "{cid}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_socket_paths_are_caught() {
+        assert_eq!(socket_path_too_long(&VmDir("/run/q/sb1".into()), 8), None);
+        let long = VmDir(PathBuf::from(format!("/{}", "d".repeat(100))));
+        assert_eq!(socket_path_too_long(&long, 1), Some(long.qmp_socket()));
+    }
+}

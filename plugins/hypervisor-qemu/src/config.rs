@@ -1,0 +1,235 @@
+//! The plugin's own config (the JSON object the host gives `new_hypervisor`) and the checks on
+//! names that end up in paths and QEMU options.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The QEMU binary used when the config names none.
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+/// Where VM directories go by default.
+pub const DEFAULT_RUN_DIR: &str = "/run/sandbox-runtime/qemu";
+/// The most virtio-serial agent ports a VM may have.
+pub const MAX_AGENT_PORTS: u32 = 8;
+/// The longest sandbox id.
+pub const MAX_SANDBOX_ID_LEN: usize = 64;
+
+/// Why the plugin config or a name is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The JSON did not parse (an unknown key, a wrong type, a bad enum value).
+    #[error("hypervisor-qemu config: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// A key has a value out of its range.
+    #[error("hypervisor-qemu config: {key} = {value}: {why}")]
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// The value, as given.
+        value: String,
+        /// What is allowed.
+        why: &'static str,
+    },
+    /// A sandbox id that cannot name a directory and a QEMU VM.
+    #[error("sandbox id {0:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-', not starting with '.'")]
+    BadSandboxId(String),
+}
+
+/// Which accelerator to use.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM when it can boot a standard kernel, TCG otherwise.
+    #[default]
+    Auto,
+    /// KVM, or an error saying why not.
+    Kvm,
+    /// TCG (emulation).
+    Tcg,
+}
+
+/// The guest's network.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// QEMU's user networking on a virtio-net NIC: the guest gets `eth0`.
+    #[default]
+    User,
+    /// No NIC.
+    None,
+}
+
+/// The plugin config, every key optional:
+/// `{"qemu": "qemu-system-x86_64", "run_dir": "/run/sandbox-runtime/qemu", "accel": "auto",
+/// "machine": "pc", "agent_ports": 4, "network": "user", "stop_timeout_ms": 10000}`.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuConfig {
+    /// The QEMU binary: a name looked up in `PATH`, or a path.
+    pub qemu: String,
+    /// The directory under which each VM gets `<run_dir>/<sandbox_id>/`.
+    pub run_dir: PathBuf,
+    /// The accelerator.
+    pub accel: AccelChoice,
+    /// The QEMU machine type (`-M`).
+    pub machine: String,
+    /// How many virtio-serial agent ports (`agent.0` ...) each VM has.
+    pub agent_ports: u32,
+    /// The guest's network.
+    pub network: Network,
+    /// How long `stop_vm` waits for QEMU to quit before killing it.
+    pub stop_timeout_ms: u64,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            qemu: DEFAULT_QEMU.into(),
+            run_dir: DEFAULT_RUN_DIR.into(),
+            accel: AccelChoice::Auto,
+            machine: "pc".into(),
+            agent_ports: 4,
+            network: Network::User,
+            stop_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl QemuConfig {
+    /// Parses and checks the config. Empty input and `null` mean all defaults. A relative
+    /// `run_dir` is made absolute against the current directory (QEMU runs from `/`).
+    pub fn parse(bytes: &[u8]) -> Result<QemuConfig, ConfigError> {
+        let trimmed = bytes.trim_ascii();
+        let mut config: QemuConfig = if trimmed.is_empty() || trimmed == b"null" {
+            QemuConfig::default()
+        } else {
+            serde_json::from_slice(trimmed).map_err(ConfigError::Malformed)?
+        };
+        let bad = |key, value: String, why| ConfigError::BadValue { key, value, why };
+        if config.qemu.is_empty() || config.qemu.contains('\0') {
+            return Err(bad("qemu", format!("{:?}", config.qemu), "must be a non-empty program name or path"));
+        }
+        if !(1..=MAX_AGENT_PORTS).contains(&config.agent_ports) {
+            return Err(bad("agent_ports", config.agent_ports.to_string(), "must be 1 to 8"));
+        }
+        let machine_ok = !config.machine.is_empty()
+            && config.machine.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-=,".contains(&b));
+        if !machine_ok {
+            return Err(bad("machine", format!("{:?}", config.machine), "must be a QEMU machine type such as \"pc\" or \"q35\""));
+        }
+        if config.stop_timeout_ms == 0 || config.stop_timeout_ms > 600_000 {
+            return Err(bad("stop_timeout_ms", config.stop_timeout_ms.to_string(), "must be 1 to 600000"));
+        }
+        if config.run_dir.as_os_str().is_empty() {
+            return Err(bad("run_dir", "\"\"".into(), "must be a directory path"));
+        }
+        if config.run_dir.is_relative() {
+            let cwd = std::env::current_dir().map_err(|_| {
+                bad("run_dir", format!("{:?}", config.run_dir), "is relative and the current directory is unknown")
+            })?;
+            config.run_dir = cwd.join(&config.run_dir);
+        }
+        if !qemu_safe_path(&config.run_dir) {
+            return Err(bad("run_dir", format!("{:?}", config.run_dir), "must be UTF-8 without ',' or control characters"));
+        }
+        Ok(config)
+    }
+}
+
+/// Checks a sandbox id: it names the VM's directory and QEMU's `-name`.
+pub fn validate_sandbox_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_SANDBOX_ID_LEN
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadSandboxId(id.to_owned()))
+    }
+}
+
+/// Whether a path can go into a QEMU option string as is: UTF-8, no ',' (QEMU's option
+/// separator) and no control characters.
+pub fn qemu_safe_path(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| !s.contains(',') && !s.chars().any(char::is_control))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_from_empty_object_empty_input_and_null() {
+        for input in [&b"{}"[..], b"", b"null", b"  \n"] {
+            assert_eq!(QemuConfig::parse(input).unwrap(), QemuConfig::default(), "{input:?}");
+        }
+        let c = QemuConfig::default();
+        assert_eq!((c.qemu.as_str(), c.machine.as_str(), c.agent_ports), ("qemu-system-x86_64", "pc", 4));
+        assert_eq!((c.accel, c.network, c.stop_timeout_ms), (AccelChoice::Auto, Network::User, 10_000));
+    }
+
+    #[test]
+    fn every_key() {
+        let json = br#"{"qemu": "/opt/qemu", "run_dir": "/tmp/r", "accel": "tcg", "machine": "q35",
+            "agent_ports": 8, "network": "none", "stop_timeout_ms": 500}"#;
+        let c = QemuConfig::parse(json).unwrap();
+        assert_eq!(c.qemu, "/opt/qemu");
+        assert_eq!(c.run_dir, PathBuf::from("/tmp/r"));
+        assert_eq!((c.accel, c.network, c.agent_ports, c.stop_timeout_ms), (AccelChoice::Tcg, Network::None, 8, 500));
+        assert_eq!(QemuConfig::parse(br#"{"accel": "kvm"}"#).unwrap().accel, AccelChoice::Kvm);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = QemuConfig::parse(br#"{"acel": "tcg"}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown field `acel`"), "{e}");
+    }
+
+    #[test]
+    fn bad_accel_and_network() {
+        let e = QemuConfig::parse(br#"{"accel": "hvf"}"#).unwrap_err().to_string();
+        assert!(e.contains("hvf") && e.contains("auto"), "{e}");
+        let e = QemuConfig::parse(br#"{"network": "tap"}"#).unwrap_err().to_string();
+        assert!(e.contains("tap"), "{e}");
+    }
+
+    #[test]
+    fn ports_out_of_range() {
+        for n in [0, 9, 100] {
+            let e = QemuConfig::parse(format!(r#"{{"agent_ports": {n}}}"#).as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(&format!("agent_ports = {n}")) && e.contains("1 to 8"), "{e}");
+        }
+        let e = QemuConfig::parse(br#"{"agent_ports": -1}"#).unwrap_err().to_string();
+        assert!(e.contains("-1"), "{e}");
+    }
+
+    #[test]
+    fn other_bad_values() {
+        let e = QemuConfig::parse(br#"{"machine": "pc -snapshot"}"#).unwrap_err().to_string();
+        assert!(e.contains("machine"), "{e}");
+        let e = QemuConfig::parse(br#"{"run_dir": "/tmp/a,b"}"#).unwrap_err().to_string();
+        assert!(e.contains("run_dir") && e.contains("a,b"), "{e}");
+        let e = QemuConfig::parse(br#"{"stop_timeout_ms": 0}"#).unwrap_err().to_string();
+        assert!(e.contains("stop_timeout_ms = 0"), "{e}");
+        let e = QemuConfig::parse(br#"{"qemu": ""}"#).unwrap_err().to_string();
+        assert!(e.contains("qemu"), "{e}");
+        assert!(QemuConfig::parse(b"[1]").is_err());
+    }
+
+    #[test]
+    fn relative_run_dir_is_made_absolute() {
+        let c = QemuConfig::parse(br#"{"run_dir": "vms"}"#).unwrap();
+        assert!(c.run_dir.is_absolute() && c.run_dir.ends_with("vms"), "{:?}", c.run_dir);
+    }
+
+    #[test]
+    fn sandbox_ids() {
+        for ok in ["a", "sb-1", "A_b.c-9", &"x".repeat(64)] {
+            validate_sandbox_id(ok).unwrap();
+        }
+        for bad in ["", ".hidden", "..", "a/b", "a b", "a,b", &"x".repeat(65), "é"] {
+            let e = validate_sandbox_id(bad).unwrap_err().to_string();
+            assert!(e.contains("sandbox id"), "{e}");
+        }
+    }
+}

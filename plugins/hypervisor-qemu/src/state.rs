@@ -1,0 +1,267 @@
+//! The VM's state blob: what the host persists between calls, as versioned JSON.
+//!
+//! ```json
+//! {"schema": "qemu-vm/1", "sandbox_id": "sb1", "dir": "/run/sandbox-runtime/qemu/sb1",
+//!  "argv": ["/usr/bin/qemu-system-x86_64", "-name", "sandbox-sb1", ...],
+//!  "accel": "tcg", "agent_ports": 4, "vsock_cid": null,
+//!  "lifecycle": "running", "pid": 4242, "start_time": 1234567}
+//! ```
+//!
+//! `start_time` is field 22 of `/proc/<pid>/stat` (clock ticks after boot): with the pid it
+//! names one process, so a reused pid is never mistaken for QEMU.
+
+use crate::accel::Accel;
+use crate::argv::VmDir;
+use crate::config::{validate_sandbox_id, MAX_AGENT_PORTS};
+use serde::{Deserialize, Serialize};
+use std::path::{Component, PathBuf};
+
+/// The schema family of this plugin's blobs.
+pub const SCHEMA_PREFIX: &str = "qemu-vm/";
+/// The newest version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a state blob is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Not JSON, or not the shape of this schema.
+    #[error("malformed QEMU VM state")]
+    Malformed(#[source] serde_json::Error),
+    /// JSON, but not a QEMU VM state of a version this build reads.
+    #[error("not a QEMU VM state this plugin can read: {0}")]
+    Foreign(String),
+    /// The right shape with inconsistent values.
+    #[error("QEMU VM state of sandbox {sandbox_id:?}: {what}")]
+    Inconsistent {
+        /// The sandbox the blob claims to be.
+        sandbox_id: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Where a VM is in its life, as this plugin last left it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    /// Created, not started.
+    Created,
+    /// Started (and not paused).
+    Running,
+    /// Paused through the plugin.
+    Paused,
+    /// Stopped through the plugin; its directory is gone.
+    Stopped,
+}
+
+impl Lifecycle {
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Created => "created",
+            Lifecycle::Running => "running",
+            Lifecycle::Paused => "paused",
+            Lifecycle::Stopped => "stopped",
+        }
+    }
+}
+
+/// The state blob.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmState {
+    /// `qemu-vm/<version>`.
+    pub schema: String,
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// The VM directory (`<run_dir>/<sandbox_id>`).
+    pub dir: PathBuf,
+    /// QEMU's full argv, the binary first.
+    pub argv: Vec<String>,
+    /// The accelerator chosen at create time.
+    pub accel: Accel,
+    /// How many virtio-serial agent ports the VM has.
+    pub agent_ports: u32,
+    /// The vsock CID, when the VM has a vsock device.
+    pub vsock_cid: Option<u32>,
+    /// Where the VM is in its life.
+    pub lifecycle: Lifecycle,
+    /// QEMU's pid, once started.
+    pub pid: Option<i32>,
+    /// QEMU's start time (field 22 of `/proc/<pid>/stat`), once started.
+    pub start_time: Option<u64>,
+}
+
+impl VmState {
+    /// The current schema string.
+    pub fn schema_string() -> String {
+        format!("{SCHEMA_PREFIX}{SCHEMA_VERSION}")
+    }
+
+    /// The VM directory.
+    pub fn vm_dir(&self) -> VmDir {
+        VmDir(self.dir.clone())
+    }
+
+    /// The pid and start time of a started VM.
+    pub fn process(&self) -> Option<(i32, u64)> {
+        self.pid.zip(self.start_time)
+    }
+
+    /// Encodes the blob.
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings, numbers and enums always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks a blob: the schema first (so a foreign blob says so), then the shape,
+    /// then the values later calls rely on (the directory they delete, the pid they signal).
+    pub fn decode(bytes: &[u8]) -> Result<VmState, StateError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(StateError::Malformed)?;
+        let Some(object) = value.as_object() else {
+            return Err(StateError::Foreign(format!("expected a JSON object, got {}", kind_of(&value))));
+        };
+        let schema = match object.get("schema") {
+            Some(serde_json::Value::String(s)) => s.as_str(),
+            Some(other) => return Err(StateError::Foreign(format!("its schema is {other}, expected \"{}\"", Self::schema_string()))),
+            None => return Err(StateError::Foreign("it has no \"schema\" field".into())),
+        };
+        let version = schema.strip_prefix(SCHEMA_PREFIX).and_then(|v| v.parse::<u32>().ok());
+        match version {
+            Some(v) if (1..=SCHEMA_VERSION).contains(&v) => {}
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StateError::Foreign(format!(
+                    "its schema {schema:?} is newer than this plugin's \"{}\"",
+                    Self::schema_string()
+                )))
+            }
+            _ => return Err(StateError::Foreign(format!("its schema is {schema:?}, expected \"{}\"", Self::schema_string()))),
+        }
+        let state: VmState = serde_json::from_value(value).map_err(StateError::Malformed)?;
+        state.check()?;
+        Ok(state)
+    }
+
+    fn check(&self) -> Result<(), StateError> {
+        let bad = |what: String| StateError::Inconsistent { sandbox_id: self.sandbox_id.clone(), what };
+        validate_sandbox_id(&self.sandbox_id).map_err(|e| bad(e.to_string()))?;
+        let normal = self.dir.is_absolute()
+            && self.dir.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !normal || self.dir.file_name().and_then(|n| n.to_str()) != Some(self.sandbox_id.as_str()) {
+            return Err(bad(format!("dir {:?} is not an absolute <run_dir>/<sandbox_id> path", self.dir)));
+        }
+        if !self.argv.first().is_some_and(|a| a.starts_with('/')) {
+            return Err(bad(format!("argv {:?} does not start with an absolute QEMU path", self.argv.first())));
+        }
+        if !(1..=MAX_AGENT_PORTS).contains(&self.agent_ports) {
+            return Err(bad(format!("agent_ports {} is not 1 to {MAX_AGENT_PORTS}", self.agent_ports)));
+        }
+        if let Some(cid) = self.vsock_cid {
+            if !(3..u32::MAX).contains(&cid) {
+                return Err(bad(format!("vsock_cid {cid} is reserved")));
+            }
+        }
+        if let Some(pid) = self.pid {
+            if pid <= 1 {
+                return Err(bad(format!("pid {pid} cannot be a QEMU process")));
+            }
+        }
+        let started = matches!(self.lifecycle, Lifecycle::Running | Lifecycle::Paused);
+        if started && self.process().is_none() {
+            return Err(bad(format!("it is {} but has no pid and start_time", self.lifecycle.name())));
+        }
+        Ok(())
+    }
+}
+
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state() -> VmState {
+        VmState {
+            schema: VmState::schema_string(),
+            sandbox_id: "sb1".into(),
+            dir: "/run/q/sb1".into(),
+            argv: vec!["/usr/bin/qemu-system-x86_64".into(), "-name".into(), "sandbox-sb1".into()],
+            accel: Accel::Tcg,
+            agent_ports: 4,
+            vsock_cid: None,
+            lifecycle: Lifecycle::Running,
+            pid: Some(4242),
+            start_time: Some(99),
+        }
+    }
+
+    fn error(value: serde_json::Value) -> String {
+        VmState::decode(&serde_json::to_vec(&value).unwrap()).unwrap_err().to_string()
+    }
+
+    fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::to_value(state()).unwrap();
+        v[key] = value;
+        v
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = state();
+        let bytes = s.encode();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["schema"], "qemu-vm/1");
+        assert_eq!(json["lifecycle"], "running");
+        assert_eq!(json["pid"], 4242);
+        assert_eq!(json["accel"], "tcg");
+        assert_eq!(VmState::decode(&bytes).unwrap(), s);
+        let created = VmState { lifecycle: Lifecycle::Created, pid: None, start_time: None, ..state() };
+        assert_eq!(VmState::decode(&created.encode()).unwrap(), created);
+    }
+
+    #[test]
+    fn malformed_and_foreign_blobs_are_errors() {
+        assert!(VmState::decode(b"").unwrap_err().to_string().contains("malformed"));
+        assert!(VmState::decode(b"{\"schema\": ").unwrap_err().to_string().contains("malformed"));
+        assert!(VmState::decode(&[0xff, 0xfe]).is_err());
+        assert!(error(json!([1, 2])).contains("expected a JSON object, got an array"));
+        assert!(error(json!({"pid": 1})).contains("no \"schema\" field"));
+        assert!(error(json!({"schema": 1})).contains("its schema is 1"));
+        let e = error(json!({"schema": "kvm-vm/1", "pid": 3}));
+        assert!(e.contains("\"kvm-vm/1\"") && e.contains("qemu-vm/1"), "{e}");
+        assert!(error(with("schema", json!("qemu-vm/2"))).contains("newer"));
+        assert!(error(with("schema", json!("qemu-vm/0"))).contains("qemu-vm/0"));
+        let e = error(with("lifecycle", json!("exploded")));
+        assert!(e.contains("malformed"), "{e}");
+        assert!(error(with("surprise", json!(1))).contains("malformed"));
+        let mut v = serde_json::to_value(state()).unwrap();
+        v.as_object_mut().unwrap().remove("argv");
+        assert!(error(v).contains("malformed"));
+    }
+
+    #[test]
+    fn inconsistent_values_are_errors() {
+        assert!(error(with("sandbox_id", json!("../etc"))).contains("sandbox id"));
+        for dir in ["relative/sb1", "/run/q/other", "/run/../sb1", "/"] {
+            let e = error(with("dir", json!(dir)));
+            assert!(e.contains("dir") && e.contains(dir), "{e}");
+        }
+        assert!(error(with("argv", json!([]))).contains("argv"));
+        assert!(error(with("argv", json!(["qemu"]))).contains("argv"));
+        assert!(error(with("agent_ports", json!(0))).contains("agent_ports 0"));
+        assert!(error(with("vsock_cid", json!(2))).contains("vsock_cid 2"));
+        assert!(error(with("pid", json!(1))).contains("pid 1"));
+        assert!(error(with("pid", json!(null))).contains("running but has no pid"));
+        assert!(error(with("start_time", json!(null))).contains("no pid and start_time"));
+    }
+}

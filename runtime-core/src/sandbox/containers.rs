@@ -1,0 +1,304 @@
+//! The container half of the Sandbox Operation API.
+
+use super::config::ConfigError;
+use super::record::{ContainerRecord, ProcessRecord, SandboxRecord};
+use super::handle::{Process, Sandbox};
+use super::state::{require_container, require_sandbox, ContainerState, SandboxState};
+use super::status::{container_status, ContainerStatus};
+use super::{oci, ContainerConfig, ContainerStats, ProcessConfig, ProcessInfo, SandboxError};
+use crate::agent::AgentClient;
+use agent_protocol::pb;
+use std::time::Duration;
+
+use ContainerState::{Paused, Ready, Running, Stopped};
+
+/// Sandbox states in which containers can be operated on.
+const LIVE: &[SandboxState] = &[SandboxState::Ready, SandboxState::Running];
+
+fn cref(id: &str) -> pb::ContainerRef {
+    pb::ContainerRef { container_id: id.to_owned() }
+}
+
+/// The agent's exec id of a process token: empty for the container's first process.
+pub(crate) fn exec_id(container: &str, token: &str) -> String {
+    if token == container {
+        String::new()
+    } else {
+        token.to_owned()
+    }
+}
+
+/// Stops a container's first process in the guest: SIGTERM, then after `timeout` SIGKILL to
+/// every process of the container. A container never started just gets SIGKILL. Returns
+/// the exit status if one was seen.
+pub(crate) async fn stop_in_guest(
+    sb: &Sandbox,
+    agent: &AgentClient,
+    id: &str,
+    state: ContainerState,
+    timeout: Duration,
+) -> Result<Option<i32>, SandboxError> {
+    let mut raw = agent.raw();
+    let process = pb::ProcessRef { container_id: id.to_owned(), exec_id: String::new() };
+    let status = raw.status_process(process.clone()).await.map_err(sb.call_error("StatusProcess"))?.into_inner();
+    if status.exited {
+        return Ok(Some(status.exit_status));
+    }
+    if state == Ready {
+        return Ok(None); // removing it (with force) kills the waiting process
+    }
+    if status.container_state == "paused" {
+        raw.resume_container(cref(id)).await.map_err(sb.call_error("ResumeContainer"))?;
+    }
+    let signal = |signal: i32, all: bool| pb::SignalProcessRequest { container_id: id.to_owned(), exec_id: String::new(), signal: signal as u32, all };
+    raw.signal_process(signal(libc::SIGTERM, false)).await.map_err(sb.call_error("SignalProcess"))?;
+    if let Ok(reply) = tokio::time::timeout(timeout, raw.wait_process(process.clone())).await {
+        return Ok(Some(reply.map_err(sb.call_error("WaitProcess"))?.into_inner().exit_status));
+    }
+    tracing::info!(sandbox = %sb.id, container = id, "no exit {timeout:?} after SIGTERM: sending SIGKILL");
+    raw.signal_process(signal(libc::SIGKILL, true)).await.map_err(sb.call_error("SignalProcess"))?;
+    match tokio::time::timeout(Duration::from_secs(10), raw.wait_process(process)).await {
+        Ok(reply) => Ok(Some(reply.map_err(sb.call_error("WaitProcess"))?.into_inner().exit_status)),
+        Err(_) => Err(SandboxError::BadReply { sandbox: sb.id.clone(), what: format!("container {id} did not exit after SIGKILL") }),
+    }
+}
+
+impl Sandbox {
+    fn container<'r>(&self, record: &'r mut SandboxRecord, id: &str) -> Result<&'r mut ContainerRecord, SandboxError> {
+        record.containers.get_mut(id).ok_or_else(|| SandboxError::ContainerNotFound { sandbox: self.id.clone(), id: id.to_owned() })
+    }
+
+    /// Locks, checks the sandbox allows container work, and returns the record and agent.
+    async fn live(&self, action: &'static str) -> Result<(super::lock::SandboxLock, SandboxRecord, AgentClient), SandboxError> {
+        let (lock, record) = self.locked().await?;
+        require_sandbox(&self.id, record.state, LIVE, action)?;
+        let agent = self.agent(&record).await?;
+        Ok((lock, record, agent))
+    }
+
+    /// Refreshes a container's state from the agent (its process may have exited).
+    pub(crate) async fn refresh(&self, agent: &AgentClient, record: &mut SandboxRecord, id: &str) -> Result<ContainerState, SandboxError> {
+        let c = self.container(record, id)?;
+        if c.state == Stopped {
+            return Ok(Stopped);
+        }
+        let reply = agent
+            .raw()
+            .status_process(pb::ProcessRef { container_id: id.to_owned(), exec_id: String::new() })
+            .await
+            .map_err(self.call_error("StatusProcess"))?
+            .into_inner();
+        let state = ContainerState::from_agent(&reply.container_state).ok_or_else(|| SandboxError::BadReply {
+            sandbox: self.id.clone(),
+            what: format!("container state {:?}", reply.container_state),
+        })?;
+        let c = self.container(record, id)?;
+        c.state = state;
+        if reply.exited {
+            c.exit_status = Some(reply.exit_status);
+        }
+        Ok(state)
+    }
+
+    /// sandbox.CreateContainer(config): creates a container (not started) and adds its config
+    /// to the sandbox's. Its rootfs must be one of the sandbox's disks.
+    pub async fn create_container(&self, config: ContainerConfig) -> Result<ContainerStatus, SandboxError> {
+        let (_lock, mut record, agent) = self.live("create a container in").await?;
+        config.validate("container", &record.config.disks)?;
+        if record.containers.contains_key(&config.id) {
+            return Err(ConfigError { field: "container.id".into(), reason: format!("{:?} is already a container of sandbox {}", config.id, self.id) }.into());
+        }
+        super::lifecycle::create_in_guest(self, &agent, &record, &config).await?;
+        record.config.containers.push(config.clone());
+        record.containers.insert(config.id.clone(), ContainerRecord::ready());
+        self.commit(&record).await?;
+        Ok(container_status(&record, &config.id).expect("just added"))
+    }
+
+    /// sandbox.StartContainer(id).
+    pub async fn start_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
+        let (_lock, mut record, agent) = self.live("start a container in").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Ready], "start")?;
+        agent.raw().start_container(cref(id)).await.map_err(self.call_error("StartContainer"))?;
+        self.container(&mut record, id)?.state = Running;
+        self.commit(&record).await?;
+        Ok(container_status(&record, id).expect("exists"))
+    }
+
+    /// sandbox.StopContainer(id, force): SIGTERM, SIGKILL after the stop timeout. With `force`,
+    /// guest failures are ignored and the container is recorded as stopped. (A container
+    /// never started is deleted instead.)
+    pub async fn stop_container(&self, id: &str, force: bool) -> Result<ContainerStatus, SandboxError> {
+        let (_lock, mut record, agent) = self.live("stop a container in").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Running, Paused], "stop")?;
+        let timeout = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
+        let exit = match stop_in_guest(self, &agent, id, state, timeout).await {
+            Ok(exit) => exit,
+            Err(e) if force => {
+                tracing::warn!(sandbox = %self.id, container = id, "ignoring (force): {}", crate::plugins::error_chain(&e));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let c = self.container(&mut record, id)?;
+        c.state = Stopped;
+        c.exit_status = exit.or(c.exit_status);
+        self.commit(&record).await?;
+        Ok(container_status(&record, id).expect("exists"))
+    }
+
+    /// sandbox.DeleteContainer(id): removes a ready or stopped container from the guest and
+    /// from the sandbox's config. Returns its last status.
+    pub async fn delete_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
+        let (_lock, mut record, agent) = self.live("delete a container of").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Ready, Stopped], "delete")?;
+        let request = pb::RemoveContainerRequest { container_id: id.to_owned(), force: state == Ready };
+        agent.raw().remove_container(request).await.map_err(self.call_error("RemoveContainer"))?;
+        let last = container_status(&record, id).expect("exists");
+        record.containers.remove(id);
+        record.config.containers.retain(|c| c.id != id);
+        self.commit(&record).await?;
+        Ok(last)
+    }
+
+    /// sandbox.EnterContainer(id, cmd): runs a new process in a running container.
+    pub async fn enter_container(&self, id: &str, cmd: ProcessConfig) -> Result<Process, SandboxError> {
+        cmd.validate("cmd")?;
+        let (_lock, mut record, agent) = self.live("enter a container of").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Running], "enter")?;
+        record.next_process += 1;
+        let token = format!("{id}.{}", record.next_process);
+        let request = pb::ExecProcessRequest {
+            container_id: id.to_owned(),
+            exec_id: token.clone(),
+            oci_process_json: serde_json::to_vec(&oci::process(&cmd)).unwrap_or_default(),
+        };
+        agent.raw().exec_process(request).await.map_err(self.call_error("ExecProcess"))?;
+        self.container(&mut record, id)?.processes.insert(token.clone(), ProcessRecord { config: cmd, exit_status: None });
+        self.commit(&record).await?;
+        Ok(Process { container: id.to_owned(), token })
+    }
+
+    /// sandbox.KillContainer(id, signal, all): signals the container's first process, or
+    /// every process in it.
+    pub async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), SandboxError> {
+        let (_lock, mut record, agent) = self.live("signal a container of").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Running, Paused], "signal")?;
+        let request = pb::SignalProcessRequest { container_id: id.to_owned(), exec_id: String::new(), signal: signal as u32, all };
+        agent.raw().signal_process(request).await.map_err(self.call_error("SignalProcess"))?;
+        Ok(())
+    }
+
+    /// sandbox.PauseContainer(id): freezes the container's cgroup.
+    pub async fn pause_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
+        self.freeze(id, true).await
+    }
+
+    /// sandbox.ResumeContainer(id).
+    pub async fn resume_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
+        self.freeze(id, false).await
+    }
+
+    async fn freeze(&self, id: &str, pause: bool) -> Result<ContainerStatus, SandboxError> {
+        let (_lock, mut record, agent) = self.live(if pause { "pause a container of" } else { "resume a container of" }).await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        let mut raw = agent.raw();
+        if pause {
+            require_container(id, state, &[Running], "pause")?;
+            raw.pause_container(cref(id)).await.map_err(self.call_error("PauseContainer"))?;
+        } else {
+            require_container(id, state, &[Paused], "resume")?;
+            raw.resume_container(cref(id)).await.map_err(self.call_error("ResumeContainer"))?;
+        }
+        self.container(&mut record, id)?.state = if pause { Paused } else { Running };
+        self.commit(&record).await?;
+        Ok(container_status(&record, id).expect("exists"))
+    }
+
+    /// sandbox.ProcessListContainer(id): the processes in a container.
+    pub async fn process_list_container(&self, id: &str) -> Result<Vec<ProcessInfo>, SandboxError> {
+        let (_lock, mut record, agent) = self.live("list the processes of a container of").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Running, Paused], "list the processes of")?;
+        let list = agent.raw().list_processes(cref(id)).await.map_err(self.call_error("ListProcesses"))?.into_inner();
+        Ok(list.processes)
+    }
+
+    /// sandbox.StatsContainer(id): cgroup statistics of a container.
+    pub async fn stats_container(&self, id: &str) -> Result<ContainerStats, SandboxError> {
+        let (_lock, mut record, agent) = self.live("get statistics of a container of").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Running, Paused], "get statistics of")?;
+        Ok(agent.raw().stats_container(cref(id)).await.map_err(self.call_error("StatsContainer"))?.into_inner())
+    }
+
+    /// sandbox.StatusContainer(id): its state (refreshed from the agent while the VM runs),
+    /// exit status and processes.
+    pub async fn status_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
+        let (_lock, mut record) = self.locked().await?;
+        if LIVE.contains(&record.state) {
+            let agent = self.agent(&record).await?;
+            let before = self.container(&mut record, id)?.state;
+            if self.refresh(&agent, &mut record, id).await? != before {
+                self.commit(&record).await?;
+            }
+        }
+        container_status(&record, id).ok_or_else(|| SandboxError::ContainerNotFound { sandbox: self.id.clone(), id: id.to_owned() })
+    }
+
+    /// sandbox.UpdateContainer(id, resources): new cgroup limits (OCI `linux.resources`).
+    pub async fn update_container(&self, id: &str, resources: serde_json::Value) -> Result<(), SandboxError> {
+        if !resources.is_object() {
+            return Err(ConfigError { field: "resources".into(), reason: "must be an object (OCI linux.resources)".into() }.into());
+        }
+        let (_lock, mut record, agent) = self.live("update a container of").await?;
+        let state = self.refresh(&agent, &mut record, id).await?;
+        require_container(id, state, &[Ready, Running, Paused], "update")?;
+        let request = pb::UpdateContainerRequest { container_id: id.to_owned(), resources_json: serde_json::to_vec(&resources).unwrap_or_default() };
+        agent.raw().update_container(request).await.map_err(self.call_error("UpdateContainer"))?;
+        if let Some(c) = record.config.containers.iter_mut().find(|c| c.id == id) {
+            c.resources = Some(resources);
+        }
+        self.commit(&record).await
+    }
+
+    /// sandbox.WaitProcess(container, token): waits for a process to exit and returns its exit
+    /// status. Holds no lock while waiting.
+    pub async fn wait_process(&self, container: &str, token: &str) -> Result<i32, SandboxError> {
+        let record = {
+            let (_lock, mut record) = self.locked().await?;
+            self.check_token(&mut record, container, token)?;
+            record
+        };
+        require_sandbox(&self.id, record.state, LIVE, "wait for a process in")?;
+        let agent = self.agent(&record).await?;
+        let request = pb::ProcessRef { container_id: container.to_owned(), exec_id: exec_id(container, token) };
+        let status = agent.raw().wait_process(request).await.map_err(self.call_error("WaitProcess"))?.into_inner().exit_status;
+        let (_lock, mut record) = self.locked().await?;
+        if let Some(c) = record.containers.get_mut(container) {
+            if token == container {
+                c.state = Stopped;
+                c.exit_status = Some(status);
+            } else if let Some(p) = c.processes.get_mut(token) {
+                p.exit_status = Some(status);
+            }
+            self.commit(&record).await?;
+        }
+        Ok(status)
+    }
+
+    /// Checks that `token` names a process of `container`.
+    pub(crate) fn check_token(&self, record: &mut SandboxRecord, container: &str, token: &str) -> Result<(), SandboxError> {
+        let c = self.container(record, container)?;
+        if token == container || c.processes.contains_key(token) {
+            Ok(())
+        } else {
+            Err(SandboxError::ProcessNotFound { container: container.to_owned(), token: token.to_owned() })
+        }
+    }
+}

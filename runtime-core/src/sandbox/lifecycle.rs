@@ -1,0 +1,302 @@
+//! The sandbox's own lifecycle: create (boot the VM, create the containers), start, stop,
+//! pause, resume and delete.
+
+use super::record::{ContainerRecord, SandboxRecord, VmRecord, SCHEMA};
+use super::runtime::Inner;
+use super::handle::Sandbox;
+use super::state::{require_sandbox, ContainerState, SandboxState};
+use super::status::SandboxStatus;
+use super::{blocking, oci, ContainerConfig, SandboxConfig, SandboxError};
+use crate::agent::AgentClient;
+use agent_protocol::pb;
+use plugin_api::hypervisor::HypervisorConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+use SandboxState::*;
+
+/// Lines of console shown when a VM's agent does not come up.
+const CONSOLE_TAIL_LINES: usize = 20;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// CreateSandbox.
+pub(crate) async fn create(rt: &Arc<Inner>, config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+    config.validate()?;
+    let (hv, section) = rt.hypervisor()?;
+    let (lock, existing) = rt.lock(&config.id, false).await?;
+    if existing.is_some() {
+        return Err(SandboxError::Exists { id: config.id });
+    }
+    let dir = rt.sandbox_dir(&config.id);
+    std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Io { what: format!("creating {}", dir.display()), source })?;
+    let vm_config = HypervisorConfig {
+        schema: 1,
+        kernel: section.kernel.clone(),
+        initrd: section.initrd.clone(),
+        kernel_params: section.kernel_params.clone(),
+        vcpus: config.vcpus.unwrap_or(section.vcpus),
+        memory_mib: config.memory_mib.unwrap_or(section.memory_mib),
+        extra: serde_json::Value::Null,
+        console_log: Some(dir.join("console.log")),
+        disks: config.disks.clone(),
+    };
+    let record = SandboxRecord {
+        schema: SCHEMA,
+        config,
+        state: Stopped,
+        vm: VmRecord { plugin: hv.plugin().to_owned(), config: vm_config, blob: String::new(), agent_endpoint: String::new(), boot: 0 },
+        containers: Default::default(),
+        created_ms: now_ms(),
+        paused_from: None,
+        next_process: 0,
+    };
+    let sandbox = Sandbox::new(rt.clone(), record.clone());
+    let mut record = record;
+    match boot(&sandbox, &mut record).await {
+        Ok(()) => {
+            record.state = Ready;
+            sandbox.commit(&record).await?;
+            tracing::info!(sandbox = %sandbox.id, "sandbox created");
+            drop(lock);
+            Ok(sandbox)
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %sandbox.id, "creating the sandbox failed, removing what was made: {e}");
+            destroy(&sandbox, &record, &lock).await;
+            Err(e)
+        }
+    }
+}
+
+/// Creates and starts a fresh VM for `record`, waits for its agent and creates the
+/// containers of the config. Saves the record after each step that made something, so that
+/// a process killed midway leaves a record through which the VM can be stopped.
+async fn boot(sb: &Sandbox, record: &mut SandboxRecord) -> Result<(), SandboxError> {
+    let id = sb.id.clone();
+    let config = record.vm.config.clone();
+    let blob = sb.hv("create", move |h| h.create_vm(&id, &config)).await?;
+    record.vm.set_blob(&blob);
+    sb.commit(record).await?;
+    let blob = sb.hv("start", move |h| h.start_vm(&blob)).await?;
+    record.vm.set_blob(&blob);
+    record.vm.boot += 1;
+    record.vm.agent_endpoint = sb.hv("query", move |h| h.agent_endpoint(&blob)).await?;
+    sb.commit(record).await?;
+    let timeout = Duration::from_secs(sb.rt.config.runtime.boot_timeout_s);
+    let agent = sb.agent_within(record, timeout).await.map_err(|e| match e {
+        SandboxError::Agent { sandbox, source } => {
+            SandboxError::Boot { sandbox, console: console_tail(&record.vm.config.console_log), source }
+        }
+        other => other,
+    })?;
+    tracing::info!(sandbox = %sb.id, boot = record.vm.boot, "agent ready");
+    set_guest_time(sb, &agent).await?;
+    record.containers.clear();
+    for c in record.config.containers.clone() {
+        create_in_guest(sb, &agent, record, &c).await?;
+        record.containers.insert(c.id.clone(), ContainerRecord::ready());
+    }
+    Ok(())
+}
+
+/// The guest's clock starts from the emulated RTC; set it from the host's.
+async fn set_guest_time(sb: &Sandbox, agent: &AgentClient) -> Result<(), SandboxError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let request = pb::SetGuestTimeRequest { seconds: now.as_secs() as i64, nanoseconds: now.subsec_nanos() };
+    agent.raw().set_guest_time(request).await.map_err(sb.call_error("SetGuestTime"))?;
+    Ok(())
+}
+
+/// Creates container `c` in the guest.
+pub(crate) async fn create_in_guest(
+    sb: &Sandbox,
+    agent: &AgentClient,
+    record: &SandboxRecord,
+    c: &ContainerConfig,
+) -> Result<(), SandboxError> {
+    let disk = record.config.disks.iter().find(|d| d.name == c.rootfs.disk);
+    let rootfs = pb::Storage {
+        driver: "blk".into(),
+        source: c.rootfs.disk.clone(),
+        fstype: c.rootfs.fstype.clone(),
+        options: Vec::new(),
+        read_only: disk.is_none_or(|d| d.read_only),
+    };
+    let request = pb::CreateContainerRequest {
+        container_id: c.id.clone(),
+        oci_spec_json: serde_json::to_vec(&oci::spec(c)).unwrap_or_default(),
+        rootfs: Some(rootfs),
+    };
+    agent.raw().create_container(request).await.map_err(sb.call_error("CreateContainer"))?;
+    Ok(())
+}
+
+/// The last lines of a console log.
+pub(crate) fn console_tail(path: &Option<std::path::PathBuf>) -> String {
+    let Some(text) = path.as_ref().and_then(|p| std::fs::read(p).ok()) else {
+        return "(no console log)".into();
+    };
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+}
+
+/// Stops the VM (if any), then removes the sandbox's files and record; if the VM cannot be
+/// stopped, the record stays. Used to roll back a failed create and by delete.
+async fn destroy(sb: &Sandbox, record: &SandboxRecord, lock: &super::lock::SandboxLock) -> Vec<String> {
+    let mut problems = Vec::new();
+    sb.drop_agent().await;
+    if let Ok(blob) = record.vm.blob() {
+        if !blob.is_empty() {
+            if let Err(e) = sb.hv("stop", move |h| h.stop_vm(&blob)).await {
+                // Keep the record: it is the only way left to reach that VM.
+                problems.push(crate::plugins::error_chain(&e));
+                return problems;
+            }
+        }
+    }
+    let dir = sb.rt.sandbox_dir(&sb.id);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            problems.push(format!("removing {}: {e}", dir.display()));
+        }
+    }
+    let store = sb.rt.store.clone();
+    let id = sb.id.clone();
+    match blocking(move || store.delete(&id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(crate::plugins::error_chain(&e)),
+        Err(e) => problems.push(e.to_string()),
+    }
+    lock.remove_file();
+    problems
+}
+
+impl Sandbox {
+    /// sandbox.Start(): starts the sandbox and the containers not started yet. A stopped
+    /// sandbox gets a fresh VM and its containers are created again first.
+    pub async fn start(&self) -> Result<(), SandboxError> {
+        let (_lock, mut record) = self.locked().await?;
+        require_sandbox(&self.id, record.state, &[Ready, Running, Stopped], "start")?;
+        if record.state == Stopped {
+            let blob = record.vm.blob()?;
+            if !blob.is_empty() {
+                self.hv("stop", move |h| h.stop_vm(&blob)).await?; // a leftover of a killed process
+            }
+            if let Err(e) = boot(self, &mut record).await {
+                let blob = record.vm.blob()?;
+                let _ = self.hv("stop", move |h| h.stop_vm(&blob)).await;
+                self.commit(&record).await?;
+                return Err(e);
+            }
+            record.state = Ready;
+            self.commit(&record).await?;
+        }
+        let agent = self.agent(&record).await?;
+        for (id, c) in record.containers.iter_mut() {
+            if c.state == ContainerState::Ready {
+                agent.raw().start_container(pb::ContainerRef { container_id: id.clone() }).await.map_err(self.call_error("StartContainer"))?;
+                c.state = ContainerState::Running;
+            }
+        }
+        record.state = Running;
+        self.commit(&record).await?;
+        tracing::info!(sandbox = %self.id, "sandbox started");
+        Ok(())
+    }
+
+    /// sandbox.Stop(force): stops every container (SIGTERM, then SIGKILL after the stop
+    /// timeout), removes them from the guest and stops the VM. With `force`, failures of the
+    /// guest (an agent that does not answer, a container that will not die) are ignored.
+    pub async fn stop(&self, force: bool) -> Result<(), SandboxError> {
+        let (_lock, mut record) = self.locked().await?;
+        require_sandbox(&self.id, record.state, &[Ready, Running, Paused], "stop")?;
+        if let Err(e) = self.stop_guest(&mut record).await {
+            if !force {
+                return Err(e);
+            }
+            tracing::warn!(sandbox = %self.id, "ignoring a guest failure while stopping (force): {}", crate::plugins::error_chain(&e));
+        }
+        self.drop_agent().await;
+        let blob = record.vm.blob()?;
+        let blob = self.hv("stop", move |h| h.stop_vm(&blob)).await?;
+        record.vm.set_blob(&blob);
+        for c in record.containers.values_mut() {
+            c.state = ContainerState::Stopped;
+            c.processes.clear();
+        }
+        record.state = Stopped;
+        record.paused_from = None;
+        self.commit(&record).await?;
+        tracing::info!(sandbox = %self.id, "sandbox stopped");
+        Ok(())
+    }
+
+    async fn stop_guest(&self, record: &mut SandboxRecord) -> Result<(), SandboxError> {
+        if record.state == Paused {
+            let blob = record.vm.blob()?;
+            let blob = self.hv("resume", move |h| h.resume_vm(&blob)).await?;
+            record.vm.set_blob(&blob);
+        }
+        let agent = tokio::time::timeout(Duration::from_secs(10), self.agent(record))
+            .await
+            .map_err(|_| SandboxError::BadReply { sandbox: self.id.clone(), what: "no answer within 10 s".into() })??;
+        let timeout = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
+        for (id, c) in record.containers.iter_mut() {
+            if c.state != ContainerState::Stopped {
+                if let Some(status) = super::containers::stop_in_guest(self, &agent, id, c.state, timeout).await? {
+                    c.exit_status = Some(status);
+                }
+            }
+            let request = pb::RemoveContainerRequest { container_id: id.clone(), force: true };
+            agent.raw().remove_container(request).await.map_err(self.call_error("RemoveContainer"))?;
+        }
+        Ok(())
+    }
+
+    /// Pauses the sandbox's VM (Kata's PauseSandbox).
+    pub async fn pause(&self) -> Result<(), SandboxError> {
+        let (_lock, mut record) = self.locked().await?;
+        require_sandbox(&self.id, record.state, &[Ready, Running], "pause")?;
+        let blob = record.vm.blob()?;
+        let blob = self.hv("pause", move |h| h.pause_vm(&blob)).await?;
+        record.vm.set_blob(&blob);
+        record.paused_from = Some(record.state);
+        record.state = Paused;
+        self.commit(&record).await
+    }
+
+    /// Resumes a paused sandbox (Kata's ResumeSandbox).
+    pub async fn resume(&self) -> Result<(), SandboxError> {
+        let (_lock, mut record) = self.locked().await?;
+        require_sandbox(&self.id, record.state, &[Paused], "resume")?;
+        let blob = record.vm.blob()?;
+        let blob = self.hv("resume", move |h| h.resume_vm(&blob)).await?;
+        record.vm.set_blob(&blob);
+        record.state = record.paused_from.take().unwrap_or(Running);
+        self.commit(&record).await
+    }
+
+    /// sandbox.Delete(): shuts the VM down and removes everything of the sandbox: its
+    /// record, console log, channel claims and lock file. A running sandbox must be stopped
+    /// first. Returns its last status.
+    pub async fn delete(&self) -> Result<SandboxStatus, SandboxError> {
+        let (lock, record) = self.locked().await?;
+        require_sandbox(&self.id, record.state, &[Ready, Paused, Stopped], "delete")?;
+        let mut last = super::status::from_record(&self.rt, &record).await;
+        let problems = destroy(self, &record, &lock).await;
+        if !problems.is_empty() {
+            return Err(SandboxError::Io {
+                what: format!("deleting sandbox {}: {}", self.id, problems.join("; ")),
+                source: std::io::Error::other("cleanup failed"),
+            });
+        }
+        last.state = Stopped;
+        last.vm_status = "deleted".into();
+        tracing::info!(sandbox = %self.id, "sandbox deleted");
+        Ok(last)
+    }
+}

@@ -1,0 +1,165 @@
+//! The Sandbox API of the seed: management ([`Runtime`]), operations and relay ([`Sandbox`]),
+//! and the hotplug table (not supported yet).
+//!
+//! Sandboxes outlive the process that made them: their state lives in the configured
+//! MetadataStorage plugin ([`record`]), their VMs are processes of the hypervisor plugin, and
+//! every call on a sandbox takes its cross-process lock ([`lock`]), reloads its record, checks
+//! the state machine ([`state`]), acts, and saves.
+
+pub mod config;
+mod containers;
+mod hotplug;
+mod lifecycle;
+pub mod lock;
+mod monitor;
+pub mod oci;
+pub mod record;
+mod relay;
+mod runtime;
+mod handle;
+pub mod state;
+mod status;
+
+pub use config::{
+    load_sandbox_config, ContainerConfig, ProcessConfig, RootfsConfig, SandboxConfig, MAX_ID_LEN, MAX_VCPUS, MIN_MEMORY_MIB,
+};
+pub use monitor::{Monitor, MonitorEvent};
+pub use plugin_api::hypervisor::DiskConfig;
+pub use relay::{IoStream, OutputReader, StdinWriter};
+pub use runtime::Runtime;
+pub use handle::{Process, Sandbox};
+pub use state::{ContainerState, SandboxState, StateError};
+pub use status::{ContainerStatus, ProcessStatus, SandboxStats, SandboxStatus};
+
+/// Agent types that appear in the API.
+pub use agent_protocol::pb::{ContainerStats, Interface, ProcessInfo, Route};
+
+use crate::agent::{AgentError, EndpointError};
+use crate::plugins::RegistryError;
+use plugin_api::PluginError;
+
+/// Why a Sandbox API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The sandbox or container config is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The runtime config has no `[hypervisor]` table.
+    #[error("the runtime config has no [hypervisor] table: running sandboxes needs one (plugin, kernel, initrd)")]
+    NoHypervisor,
+    /// A plugin could not be found or started.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Store(#[from] record::StoreError),
+    /// The sandbox lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// The state machine refused the call.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// No such sandbox.
+    #[error("no sandbox {id}")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The id is taken.
+    #[error("sandbox {id} already exists")]
+    Exists {
+        /// The id.
+        id: String,
+    },
+    /// No such container.
+    #[error("sandbox {sandbox} has no container {id}")]
+    ContainerNotFound {
+        /// The sandbox.
+        sandbox: String,
+        /// The container asked for.
+        id: String,
+    },
+    /// No such process.
+    #[error("container {container} has no process {token}")]
+    ProcessNotFound {
+        /// The container.
+        container: String,
+        /// The token asked for.
+        token: String,
+    },
+    /// The hypervisor plugin failed.
+    #[error("hypervisor plugin {plugin} failed to {op} the VM of sandbox {sandbox}")]
+    Hypervisor {
+        /// The plugin.
+        plugin: String,
+        /// What it was asked.
+        op: &'static str,
+        /// The sandbox.
+        sandbox: String,
+        /// Its error.
+        #[source]
+        source: PluginError,
+    },
+    /// Talking to the agent failed.
+    #[error("the agent of sandbox {sandbox} failed")]
+    Agent {
+        /// The sandbox.
+        sandbox: String,
+        /// The cause.
+        #[source]
+        source: AgentError,
+    },
+    /// The VM booted but its agent never answered.
+    #[error("the agent of sandbox {sandbox} did not come up; the console ends with:\n{console}")]
+    Boot {
+        /// The sandbox.
+        sandbox: String,
+        /// The last lines of the VM's console.
+        console: String,
+        /// The cause.
+        #[source]
+        source: AgentError,
+    },
+    /// Every agent channel is held by another process.
+    #[error("all {count} agent channels of sandbox {sandbox} are held by other processes")]
+    AgentBusy {
+        /// The sandbox.
+        sandbox: String,
+        /// How many channels the VM has.
+        count: usize,
+    },
+    /// The hypervisor gave an endpoint that does not parse.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// The agent's reply makes no sense (the guest is not trusted).
+    #[error("the agent of sandbox {sandbox} gave a bad reply: {what}")]
+    BadReply {
+        /// The sandbox.
+        sandbox: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// A hotplug function; they come in a later issue.
+    #[error("{function} is not supported yet: device and NIC hotplug come in a later release")]
+    NotSupportedYet {
+        /// The seed's name of the function.
+        function: &'static str,
+    },
+    /// A file operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task died.
+    #[error("a runtime task failed: {0}")]
+    Task(String),
+}
+
+/// Runs blocking work (plugin calls, locks) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, SandboxError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| SandboxError::Task(e.to_string()))
+}

@@ -1,0 +1,282 @@
+//! The Sandbox API end to end (tier 3): real VMs under QEMU/TCG through the QEMU hypervisor
+//! plugin, the filesystem metadata store, the guest agent and busybox containers. Every
+//! function of the seed's management, operation and relay tables is called and its effect
+//! checked; so are the hotplug functions (the device ones are not supported yet).
+
+use integration_tests::qemu::{guest_image, qemu_available, GuestImage};
+use integration_tests::sandbox::{container, qemu_pid, sandbox, TestRuntime};
+use integration_tests::skip_unless;
+use runtime_core::sandbox::{
+    ContainerState, MonitorEvent, OutputReader, ProcessConfig, SandboxError, SandboxState, StateError,
+};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+use hypervisor_qemu as _;
+use storage_fs as _;
+
+fn image() -> Option<GuestImage> {
+    if skip_unless(qemu_available(), "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)") {
+        return None;
+    }
+    let image = guest_image();
+    if skip_unless(image.is_some(), "no guest image: run `cargo xtask guest`") {
+        return None;
+    }
+    image
+}
+
+/// Reads `reader` until `needle` appears; returns everything read.
+async fn read_until(reader: &mut OutputReader, needle: &str) -> String {
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(needle) {
+            match reader.next_chunk().await.expect("reading output") {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.unwrap_or_else(|_| panic!("no {needle:?} in {seen:?} within 60 s"));
+    assert!(seen.contains(needle), "output ended without {needle:?}: {seen:?}");
+    seen
+}
+
+fn state_error(e: SandboxError) -> StateError {
+    match e {
+        SandboxError::State(s) => s,
+        other => panic!("expected a state error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_operation_on_one_sandbox() {
+    let Some(image) = image() else { return };
+    let t = TestRuntime::new(&image);
+    let rt = &t.runtime;
+    let config = sandbox(
+        "api",
+        &image,
+        vec![
+            container("c1", "echo hello from c1; read line; echo got:$line; exit 3"),
+            container("c2", "trap 'exit 143' TERM; while :; do sleep 1; done"),
+        ],
+    );
+
+    // CreateSandbox: VM up, containers created, not started.
+    let sb = rt.create_sandbox(config).await.expect("CreateSandbox");
+    let status = sb.status().await.expect("Status");
+    assert_eq!(status.state, SandboxState::Ready);
+    assert_eq!(status.vm_status, "running");
+    assert!(status.containers.iter().all(|c| c.state == ContainerState::Ready), "{status:?}");
+    let e = state_error(sb.pause_container("c1").await.unwrap_err());
+    assert!(e.to_string().contains("it is ready"), "{e}");
+
+    // Start: both containers run; a running sandbox cannot be deleted.
+    sb.start().await.expect("Start");
+    assert_eq!(sb.state(), SandboxState::Running);
+    let e = state_error(sb.delete().await.unwrap_err());
+    assert_eq!(e.to_string(), "cannot delete sandbox api: it is running (allowed when ready or paused or stopped)");
+    let e = state_error(sb.start_container("c2").await.unwrap_err());
+    assert!(e.to_string().contains("cannot start container c2: it is running"), "{e}");
+
+    // IOStream + WaitProcess + StatusContainer on c1.
+    let mut io = sb.io_stream("c1", "c1").await.expect("IOStream");
+    read_until(&mut io.stdout, "hello from c1").await;
+    io.stdin.write_all(b"ping\n").await.expect("stdin");
+    read_until(&mut io.stdout, "got:ping").await;
+    assert_eq!(sb.wait_process("c1", "c1").await.expect("WaitProcess"), 3);
+    let c1 = sb.status_container("c1").await.expect("StatusContainer");
+    assert_eq!((c1.state, c1.exit_status), (ContainerState::Stopped, Some(3)));
+
+    // EnterContainer, SignalProcess, WinsizeProcess.
+    let p = sb.enter_container("c2", ProcessConfig::new(["sh", "-c", "echo $((6 * 7)); exit 5"])).await.expect("EnterContainer");
+    let mut io = sb.io_stream("c2", &p.token).await.expect("IOStream exec");
+    read_until(&mut io.stdout, "42").await;
+    assert_eq!(sb.wait_process("c2", &p.token).await.expect("wait exec"), 5);
+    let trap = ProcessConfig::new(["sh", "-c", "trap 'echo got-usr1; exit 7' USR1; echo armed; while :; do sleep 0.1; done"]);
+    let p = sb.enter_container("c2", trap).await.expect("exec trap");
+    let mut io = sb.io_stream("c2", &p.token).await.expect("IOStream trap");
+    read_until(&mut io.stdout, "armed").await;
+    sb.signal_process("c2", &p.token, libc::SIGUSR1, false).await.expect("SignalProcess");
+    read_until(&mut io.stdout, "got-usr1").await;
+    assert_eq!(sb.wait_process("c2", &p.token).await.expect("wait trap"), 7);
+    let mut tty = ProcessConfig::new(["sh", "-c", "read x; stty size"]);
+    tty.terminal = true;
+    let p = sb.enter_container("c2", tty).await.expect("exec tty");
+    let mut io = sb.io_stream("c2", &p.token).await.expect("IOStream tty");
+    assert!(io.stderr.is_none(), "a terminal has one output stream");
+    sb.winsize_process("c2", &p.token, 40, 123).await.expect("WinsizeProcess");
+    io.stdin.write_all(b"\n").await.expect("stdin tty");
+    read_until(&mut io.stdout, "40 123").await;
+    assert_eq!(sb.wait_process("c2", &p.token).await.expect("wait tty"), 0);
+    let e = sb.wait_process("c2", "c2.999").await.unwrap_err();
+    assert!(matches!(e, SandboxError::ProcessNotFound { .. }), "{e}");
+
+    // ProcessListContainer, StatsContainer, UpdateContainer, Stats.
+    let ps = sb.process_list_container("c2").await.expect("ProcessListContainer");
+    assert!(ps.iter().any(|p| p.command.contains("sleep")), "{ps:?}");
+    sb.update_container("c2", serde_json::json!({"pids": {"limit": 20}})).await.expect("UpdateContainer");
+    let stats = sb.stats_container("c2").await.expect("StatsContainer");
+    let pids = stats.pids.expect("pids stats");
+    assert_eq!(pids.limit, 20);
+    assert!(pids.current >= 1 && stats.memory.expect("memory").usage_bytes > 0);
+    let all = sb.stats().await.expect("Stats");
+    assert!(all.agent_rss_kib > 0 && all.containers.iter().any(|(id, _)| id == "c2"), "{all:?}");
+
+    // PauseContainer / ResumeContainer.
+    assert_eq!(sb.pause_container("c2").await.expect("PauseContainer").state, ContainerState::Paused);
+    assert!(state_error(sb.pause_container("c2").await.unwrap_err()).to_string().contains("it is paused"));
+    assert_eq!(sb.resume_container("c2").await.expect("ResumeContainer").state, ContainerState::Running);
+
+    // CreateContainer / StartContainer / DeleteContainer in a running sandbox.
+    sb.create_container(container("c3", "echo c3 ran")).await.expect("CreateContainer");
+    assert!(sb.config().containers.iter().any(|c| c.id == "c3"), "CreateContainer adds to the config");
+    let mut io = sb.io_stream("c3", "c3").await.expect("IOStream c3");
+    sb.start_container("c3").await.expect("StartContainer");
+    read_until(&mut io.stdout, "c3 ran").await;
+    assert_eq!(sb.wait_process("c3", "c3").await.expect("wait c3"), 0);
+    sb.delete_container("c3").await.expect("DeleteContainer");
+    assert!(!sb.config().containers.iter().any(|c| c.id == "c3"));
+    assert!(matches!(sb.status_container("c3").await.unwrap_err(), SandboxError::ContainerNotFound { .. }));
+    assert!(state_error(sb.delete_container("c2").await.unwrap_err()).to_string().contains("it is running"));
+
+    // KillContainer and StopContainer.
+    let p = sb.enter_container("c2", ProcessConfig::new(["sleep", "1000"])).await.expect("exec sleep");
+    sb.kill_container("c2", libc::SIGKILL, true).await.expect("KillContainer");
+    assert_eq!(sb.wait_process("c2", &p.token).await.expect("wait killed"), 128 + libc::SIGKILL);
+    let c2 = sb.status_container("c2").await.expect("status c2");
+    assert_eq!(c2.state, ContainerState::Stopped, "kill --all reached the first process too: {c2:?}");
+    assert!(state_error(sb.stop_container("c2", false).await.unwrap_err()).to_string().contains("it is stopped"));
+
+    // The hotplug table: guest network works, device hotplug is not supported yet.
+    let nics = sb.list_interfaces().await.expect("ListInterfaces");
+    assert!(nics.iter().any(|i| i.name == "lo") && nics.iter().any(|i| i.name == "eth0"), "{nics:?}");
+    let routes = sb.list_routes().await.expect("ListRoutes");
+    assert_eq!(sb.update_routes(routes.clone()).await.expect("UpdateRoutes").len(), routes.len());
+    let e = sb.add_interface(Default::default()).await.unwrap_err();
+    assert!(e.to_string().contains("AddInterface is not supported yet"), "{e}");
+    assert!(matches!(sb.add_device(plugin_api::hypervisor::DeviceRequest {
+        schema: 1, add: true, kind: "block".into(), id: "d".into(), settings: serde_json::Value::Null
+    }).await, Err(SandboxError::NotSupportedYet { function: "AddDevice" })));
+    assert!(matches!(sb.remove_interface(Default::default()).await, Err(SandboxError::NotSupportedYet { .. })));
+
+    // Sandbox pause/resume, Release.
+    sb.pause().await.expect("pause");
+    assert_eq!(rt.status_sandbox("api").await.expect("StatusSandbox").vm_status, "paused");
+    assert!(state_error(sb.pause().await.unwrap_err()).to_string().contains("it is paused"));
+    sb.resume().await.expect("resume");
+    assert!(sb.is_connected().await);
+    sb.release().await;
+    assert!(!sb.is_connected().await, "Release closes the agent connection");
+    assert_eq!(sb.status().await.expect("status after release").vm_status, "running", "Release leaves the VM alone");
+
+    // Stop: containers destroyed, VM stopped; then Start again from stopped: a fresh VM.
+    sb.stop(false).await.expect("Stop");
+    let status = rt.status_sandbox("api").await.expect("status stopped");
+    assert_eq!((status.state, status.vm_status.as_str()), (SandboxState::Stopped, "stopped"));
+    assert_eq!(qemu_pid("api"), None);
+    assert!(state_error(sb.pause().await.unwrap_err()).to_string().contains("cannot pause sandbox api: it is stopped"));
+    let sb = rt.start_sandbox("api").await.expect("StartSandbox from stopped");
+    let mut io = sb.io_stream("c1", "c1").await.expect("IOStream after restart");
+    read_until(&mut io.stdout, "hello from c1").await;
+
+    // StopSandbox, DeleteSandbox.
+    rt.stop_sandbox("api", false).await.expect("StopSandbox");
+    let last = rt.delete_sandbox("api").await.expect("DeleteSandbox");
+    assert_eq!(last.id, "api");
+    assert!(rt.list_sandboxes().await.expect("ListSandboxes").is_empty());
+    assert!(matches!(rt.fetch_sandbox("api").await.unwrap_err(), SandboxError::NotFound { .. }));
+    t.assert_nothing_left("api");
+}
+
+/// The second process (`src/bin/sandbox_child.rs`).
+fn child(t: &TestRuntime, role: &str, arg: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandbox_child"));
+    cmd.arg(&t.config).args([role, arg]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_between_create_and_start_then_finished_by_another_process() {
+    let Some(image) = image() else { return };
+    let t = TestRuntime::new(&image);
+    let config = sandbox("handover", &image, vec![container("c1", "echo started by the second process")]);
+    let mut creator = tokio::process::Command::from(child(&t, "create", &serde_json::to_string(&config).expect("json"))).spawn().expect("spawning the creator");
+    let mut lines = tokio::io::BufReader::new(creator.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(300), async {
+        loop {
+            match lines.next_line().await.expect("reading the creator") {
+                Some(l) if l.starts_with("created") => return l,
+                Some(_) => continue,
+                None => panic!("the creator exited before creating the sandbox"),
+            }
+        }
+    })
+    .await
+    .expect("the creator did not create the sandbox in time");
+    assert_eq!(line, "created handover");
+    creator.start_kill().expect("SIGKILL the creator");
+    creator.wait().await.expect("reap the creator");
+
+    // A new process (this one) fetches it and carries on.
+    let listed = t.runtime.list_sandboxes().await.expect("ListSandboxes");
+    assert_eq!(listed.iter().map(|s| (s.id.as_str(), s.state)).collect::<Vec<_>>(), [("handover", SandboxState::Ready)]);
+    assert_eq!(listed[0].vm_status, "running", "the VM outlived its creator");
+    let sb = t.runtime.fetch_sandbox("handover").await.expect("FetchSandbox");
+    let mut io = sb.io_stream("c1", "c1").await.expect("IOStream");
+    sb.start().await.expect("Start");
+    read_until(&mut io.stdout, "started by the second process").await;
+    assert_eq!(sb.wait_process("c1", "c1").await.expect("wait"), 0);
+    t.runtime.delete_sandbox("handover").await.expect("DeleteSandbox");
+    t.assert_nothing_left("handover");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_operate_on_one_sandbox_at_once() {
+    let Some(image) = image() else { return };
+    let t = TestRuntime::new(&image);
+    let config = sandbox("shared", &image, vec![container("c1", "echo up; while :; do sleep 1; done")]);
+    let sb = t.runtime.run_sandbox(config).await.expect("RunSandbox");
+    // This process holds an output stream (an agent channel) the whole time.
+    let mut io = sb.io_stream("c1", "c1").await.expect("IOStream");
+    read_until(&mut io.stdout, "up").await;
+    let other = tokio::process::Command::from(child(&t, "exec", "shared")).spawn().expect("spawning the second process");
+    let mut mine = Vec::new();
+    for i in 0..4 {
+        let p = sb.enter_container("c1", ProcessConfig::new(["sh", "-c", &format!("exit {}", 10 + i)])).await.expect("exec");
+        assert_eq!(sb.wait_process("c1", &p.token).await.expect("wait"), 10 + i);
+        mine.push(p.token);
+    }
+    let output = other.wait_with_output().await.expect("the second process");
+    assert!(output.status.success(), "the second process failed: {:?}", output.status);
+    let theirs: Vec<String> = String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| l.strip_prefix("token ").map(str::to_owned)).collect();
+    assert_eq!(theirs.len(), 4, "{theirs:?}");
+    let status = sb.status_container("c1").await.expect("status");
+    let mut tokens: Vec<String> = status.processes.iter().map(|p| p.token.clone()).collect();
+    tokens.sort();
+    let mut expected: Vec<String> = mine.iter().chain(&theirs).cloned().collect();
+    expected.sort();
+    assert_eq!(tokens, expected, "every process of both, each with its own token");
+    assert!(status.processes.iter().all(|p| p.exit_status.is_some()));
+    drop(io);
+    t.runtime.delete_sandbox("shared").await.expect("DeleteSandbox");
+    t.assert_nothing_left("shared");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monitor_reports_a_vm_killed_with_sigkill() {
+    let Some(image) = image() else { return };
+    let t = TestRuntime::new(&image);
+    let sb = t.runtime.create_sandbox(sandbox("doomed", &image, vec![])).await.expect("CreateSandbox");
+    let mut monitor = sb.monitor().await.expect("Monitor");
+    let pid = qemu_pid("doomed").expect("QEMU runs");
+    // SAFETY: kill(2) on the QEMU process this test started, found by its -name.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let event = tokio::time::timeout(Duration::from_secs(30), monitor.next()).await.expect("Monitor reported nothing within 30 s");
+    assert_eq!(event, Some(MonitorEvent::VmDied { vm_status: "dead".into() }));
+    assert_eq!(t.runtime.status_sandbox("doomed").await.map(|s| s.vm_status).unwrap_or_default(), "dead");
+    t.runtime.delete_sandbox("doomed").await.expect("DeleteSandbox of a dead VM");
+    t.assert_nothing_left("doomed");
+}
