@@ -122,7 +122,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Demo => done(commands::demo(&cli.config)),
         command => {
             let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            tokio.block_on(sandbox_command(&cli.config, command))
+            let result = tokio.block_on(sandbox_command(&cli.config, command));
+            // A read of our stdin may still block a thread (interactive exec): do not wait for it.
+            tokio.shutdown_background();
+            result
         }
     }
 }

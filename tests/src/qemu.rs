@@ -27,6 +27,19 @@ pub fn guest_image() -> Option<GuestImage> {
     serde_json::from_value(json.get("image")?.clone()).ok()
 }
 
+/// The guest image for a tier-3 test, or `None` after saying why the test skips (a missing
+/// QEMU or image; under SANDBOX_TESTS_STRICT=1 that fails instead).
+pub fn image_or_skip() -> Option<GuestImage> {
+    if crate::skip_unless(qemu_available(), "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)") {
+        return None;
+    }
+    let image = guest_image();
+    if crate::skip_unless(image.is_some(), "no guest image: run `cargo xtask guest`") {
+        return None;
+    }
+    image
+}
+
 /// Whether QEMU is installed.
 pub fn qemu_available() -> bool {
     Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success())

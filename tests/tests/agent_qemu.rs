@@ -4,8 +4,8 @@
 
 use agent_protocol::pb;
 use integration_tests::agent::{cref, create, read_all, spawn_reader, wait};
-use integration_tests::qemu::{guest_image, qemu_available, Guest};
-use integration_tests::{oci, skip_unless};
+use integration_tests::qemu::{image_or_skip, Guest};
+use integration_tests::oci;
 use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -16,14 +16,8 @@ fn blk_rootfs() -> pb::Storage {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn busybox_container_in_a_qemu_guest() {
-    if skip_unless(qemu_available(), "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)") {
-        return;
-    }
-    let image = guest_image();
-    if skip_unless(image.is_some(), "no guest image: run `cargo xtask guest`") {
-        return;
-    }
-    let guest = Guest::boot(&image.expect("checked"));
+    let Some(image) = image_or_skip() else { return };
+    let guest = Guest::boot(&image);
     let agent = guest.connect(BOOT_TIMEOUT).await;
     eprintln!("agent ready {:?} after spawning QEMU (TCG)", guest.spawned.elapsed());
     assert!(agent.handshake.channels.iter().any(|c| c == "serial:agent.0"), "{:?}", agent.handshake);

@@ -4,8 +4,7 @@
 //! `stop_vm` leaves no process and no VM directory.
 
 use hypervisor_qemu::QemuPlugin;
-use integration_tests::qemu::{guest_image, qemu_available, GuestImage};
-use integration_tests::skip_unless;
+use integration_tests::qemu::{image_or_skip, GuestImage};
 use plugin_api::hypervisor::{DiskConfig, HypervisorConfig, HypervisorPlugin};
 use plugin_api::{Plugin, PluginError};
 use runtime_core::agent::{AgentClient, Dialer, YamuxSession};
@@ -117,14 +116,7 @@ async fn wait_for_status<H: HypervisorPlugin>(vm: &Vm<'_, H>, want: &str, timeou
 
 #[tokio::test(flavor = "multi_thread")]
 async fn qemu_plugin_runs_a_vm_through_its_life() {
-    if skip_unless(qemu_available(), "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)") {
-        return;
-    }
-    let image = guest_image();
-    if skip_unless(image.is_some(), "no guest image: run `cargo xtask guest`") {
-        return;
-    }
-    let image = image.expect("checked");
+    let Some(image) = image_or_skip() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let plugin_config = serde_json::json!({ "run_dir": tmp.path().join("run") }).to_string();
     let hv = <QemuPlugin as Plugin>::new_hypervisor(plugin_config.as_bytes()).expect("new_hypervisor");

@@ -3,9 +3,8 @@
 //! function of the seed's management, operation and relay tables is called and its effect
 //! checked; so are the hotplug functions (the device ones are not supported yet).
 
-use integration_tests::qemu::{guest_image, qemu_available, GuestImage};
+use integration_tests::qemu::image_or_skip;
 use integration_tests::sandbox::{container, qemu_pid, sandbox, TestRuntime};
-use integration_tests::skip_unless;
 use runtime_core::sandbox::{
     ContainerState, MonitorEvent, OutputReader, ProcessConfig, SandboxError, SandboxState, StateError,
 };
@@ -15,17 +14,6 @@ use tokio::io::AsyncBufReadExt;
 
 use hypervisor_qemu as _;
 use storage_fs as _;
-
-fn image() -> Option<GuestImage> {
-    if skip_unless(qemu_available(), "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)") {
-        return None;
-    }
-    let image = guest_image();
-    if skip_unless(image.is_some(), "no guest image: run `cargo xtask guest`") {
-        return None;
-    }
-    image
-}
 
 /// Reads `reader` until `needle` appears; returns everything read.
 async fn read_until(reader: &mut OutputReader, needle: &str) -> String {
@@ -52,7 +40,7 @@ fn state_error(e: SandboxError) -> StateError {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_operation_on_one_sandbox() {
-    let Some(image) = image() else { return };
+    let Some(image) = image_or_skip() else { return };
     let t = TestRuntime::new(&image);
     let rt = &t.runtime;
     let config = sandbox(
@@ -200,7 +188,7 @@ fn child(t: &TestRuntime, role: &str, arg: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_between_create_and_start_then_finished_by_another_process() {
-    let Some(image) = image() else { return };
+    let Some(image) = image_or_skip() else { return };
     let t = TestRuntime::new(&image);
     let config = sandbox("handover", &image, vec![container("c1", "echo started by the second process")]);
     let mut creator = tokio::process::Command::from(child(&t, "create", &serde_json::to_string(&config).expect("json"))).spawn().expect("spawning the creator");
@@ -235,7 +223,7 @@ async fn killed_between_create_and_start_then_finished_by_another_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_processes_operate_on_one_sandbox_at_once() {
-    let Some(image) = image() else { return };
+    let Some(image) = image_or_skip() else { return };
     let t = TestRuntime::new(&image);
     let config = sandbox("shared", &image, vec![container("c1", "echo up; while :; do sleep 1; done")]);
     let sb = t.runtime.run_sandbox(config).await.expect("RunSandbox");
@@ -267,7 +255,7 @@ async fn two_processes_operate_on_one_sandbox_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn monitor_reports_a_vm_killed_with_sigkill() {
-    let Some(image) = image() else { return };
+    let Some(image) = image_or_skip() else { return };
     let t = TestRuntime::new(&image);
     let sb = t.runtime.create_sandbox(sandbox("doomed", &image, vec![])).await.expect("CreateSandbox");
     let mut monitor = sb.monitor().await.expect("Monitor");

@@ -146,5 +146,6 @@ pub fn bench(extra: &[String]) -> Result<()> {
     build_plugins(true)?;
     run(cargo().args(["bench", "-p", "integration-tests", "--bench", "storage", "--"]).args(extra))?;
     crate::guest::build(&target_dir()?)?;
-    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "guest_boot"]))
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "guest_boot"]))?;
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "sandbox_lifecycle"]))
 }

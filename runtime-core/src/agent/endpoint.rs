@@ -91,17 +91,39 @@ impl Endpoint {
     /// Connects, retrying failed dials (the VM may still be booting) until `timeout`. A guest
     /// still booting does not answer over a serial port yet: the handshake then simply waits.
     pub async fn connect(&self, timeout: Duration) -> Result<AgentClient, AgentError> {
-        self.connect_claimed(timeout, Arc::new(())).await
+        self.connect_claimed(timeout, None, Arc::new(())).await
     }
 
     /// [`Endpoint::connect`] over a claimed channel: a serial port's Yamux session holds
     /// `claim` for as long as it lives, that is until every client and stream made from it is
     /// gone (a serial port's host socket takes one connection at a time).
-    pub async fn connect_claimed(&self, timeout: Duration, claim: Arc<dyn std::any::Any + Send + Sync>) -> Result<AgentClient, AgentError> {
+    ///
+    /// With `per_attempt`, an attempt whose handshake does not answer in that time is dropped
+    /// and another made: for an agent known to be up. A host process that went away may have
+    /// left the agent's end of a serial port in a session whose bytes the next connection
+    /// would continue; dropping the connection makes the agent start afresh.
+    pub async fn connect_claimed(
+        &self,
+        timeout: Duration,
+        per_attempt: Option<Duration>,
+        claim: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Result<AgentClient, AgentError> {
         let deadline = Instant::now() + timeout;
         let attempt = async {
             loop {
-                match self.connect_holding(claim.clone()).await {
+                let once = self.connect_holding(claim.clone());
+                let outcome = match per_attempt {
+                    None => once.await,
+                    Some(limit) => match tokio::time::timeout(limit, once).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            tracing::debug!(endpoint = %self, "no handshake within {limit:?}: reconnecting");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    },
+                };
+                match outcome {
                     Ok(client) => return Ok(client),
                     Err(e @ AgentError::Incompatible(_)) => return Err(e),
                     // The handshake broke on the way (the agent was still tearing down the

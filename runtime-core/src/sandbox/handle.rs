@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// How long connecting to the agent of a VM that already booted may take (including waiting
 /// for a free channel).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one handshake with an agent that is up may take before the connection is
+/// dropped and made again.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A process started in a container by [`Sandbox::enter_container`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,11 +138,25 @@ impl Sandbox {
     /// The agent client of the VM's current boot: claims a free agent channel (each host
     /// process holds one while connected) and connects.
     pub(crate) async fn agent(&self, record: &SandboxRecord) -> Result<AgentClient, SandboxError> {
-        self.agent_within(record, CONNECT_TIMEOUT).await
+        if let Some(c) = self.agent.lock().await.as_ref().filter(|c| c.boot == record.vm.boot) {
+            return Ok(c.client.clone());
+        }
+        // A VM that is not running cannot answer: say so now rather than after the timeout.
+        let vm_status = super::status::from_record(&self.rt, record).await.vm_status;
+        if vm_status != "running" {
+            return Err(SandboxError::VmNotRunning { sandbox: self.id.clone(), vm_status });
+        }
+        self.agent_within(record, CONNECT_TIMEOUT, Some(HANDSHAKE_TIMEOUT)).await
     }
 
-    /// [`Sandbox::agent`], waiting up to `timeout` (a booting VM takes longer).
-    pub(crate) async fn agent_within(&self, record: &SandboxRecord, timeout: Duration) -> Result<AgentClient, SandboxError> {
+    /// [`Sandbox::agent`], waiting up to `timeout` (a booting VM takes longer), each attempt
+    /// up to `per_attempt` (none while booting: the handshake waits for the guest).
+    pub(crate) async fn agent_within(
+        &self,
+        record: &SandboxRecord,
+        timeout: Duration,
+        per_attempt: Option<Duration>,
+    ) -> Result<AgentClient, SandboxError> {
         let mut conn = self.agent.lock().await;
         if let Some(c) = conn.as_ref().filter(|c| c.boot == record.vm.boot) {
             return Ok(c.client.clone());
@@ -163,7 +180,7 @@ impl Sandbox {
             }
         };
         tracing::debug!(sandbox = %self.id, endpoint = %endpoints[index], "connecting to the agent");
-        let client = endpoints[index].connect_claimed(timeout, Arc::new(claim)).await.map_err(self.agent_error())?;
+        let client = endpoints[index].connect_claimed(timeout, per_attempt, Arc::new(claim)).await.map_err(self.agent_error())?;
         *conn = Some(AgentConn { client: client.clone(), boot: record.vm.boot });
         Ok(client)
     }

@@ -86,7 +86,7 @@ async fn boot(sb: &Sandbox, record: &mut SandboxRecord) -> Result<(), SandboxErr
     record.vm.agent_endpoint = sb.hv("query", move |h| h.agent_endpoint(&blob)).await?;
     sb.commit(record).await?;
     let timeout = Duration::from_secs(sb.rt.config.runtime.boot_timeout_s);
-    let agent = sb.agent_within(record, timeout).await.map_err(|e| match e {
+    let agent = sb.agent_within(record, timeout, None).await.map_err(|e| match e {
         SandboxError::Agent { sandbox, source } => {
             SandboxError::Boot { sandbox, console: console_tail(&record.vm.config.console_log), source }
         }
@@ -236,14 +236,16 @@ impl Sandbox {
     }
 
     async fn stop_guest(&self, record: &mut SandboxRecord) -> Result<(), SandboxError> {
+        let vm_status = super::status::from_record(&self.rt, record).await.vm_status;
+        if vm_status != "running" && vm_status != "paused" {
+            return Err(SandboxError::VmNotRunning { sandbox: self.id.clone(), vm_status });
+        }
         if record.state == Paused {
             let blob = record.vm.blob()?;
             let blob = self.hv("resume", move |h| h.resume_vm(&blob)).await?;
             record.vm.set_blob(&blob);
         }
-        let agent = tokio::time::timeout(Duration::from_secs(10), self.agent(record))
-            .await
-            .map_err(|_| SandboxError::BadReply { sandbox: self.id.clone(), what: "no answer within 10 s".into() })??;
+        let agent = self.agent(record).await?;
         let timeout = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
         for (id, c) in record.containers.iter_mut() {
             if c.state != ContainerState::Stopped {

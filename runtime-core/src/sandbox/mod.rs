@@ -131,6 +131,14 @@ pub enum SandboxError {
     /// The hypervisor gave an endpoint that does not parse.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// The VM is not running (it died, or was never started).
+    #[error("the VM of sandbox {sandbox} is {vm_status}")]
+    VmNotRunning {
+        /// The sandbox.
+        sandbox: String,
+        /// What the hypervisor plugin says of it.
+        vm_status: String,
+    },
     /// The agent's reply makes no sense (the guest is not trusted).
     #[error("the agent of sandbox {sandbox} gave a bad reply: {what}")]
     BadReply {
