@@ -8,7 +8,8 @@
 //! [storage]
 //! plugin = "fs"                                # a storage plugin's name
 //! path = "/var/lib/sandbox-runtime/metadata"   # every other key goes to the plugin
-//!
+//!                                              # (keys named path, *_dir, *_path are paths,
+//!                                              # relative to this file)
 //! [hypervisor]                                 # optional: only sandboxes need it
 //! plugin = "qemu"                              # a hypervisor plugin's name
 //! kernel = "/usr/share/sandbox-runtime/vmlinuz"
@@ -244,16 +245,35 @@ impl RuntimeConfig {
         if config.runtime.boot_timeout_s == 0 {
             return Err(invalid("runtime.boot_timeout_s", "is 0; it must be at least 1".into()));
         }
-        if let Some(value) = config.storage.settings.get_mut("path") {
-            let toml::Value::String(p) = value else {
-                return Err(invalid("storage.path", format!("must be a string, not {}", value.type_str())));
-            };
-            if Path::new(p.as_str()).is_relative() {
-                *p = base.join(p.as_str()).to_string_lossy().into_owned();
-            }
+        resolve_plugin_paths(&mut config.storage.settings, "storage", base).map_err(|(key, reason)| invalid(key, reason))?;
+        if let Some(h) = &mut config.hypervisor {
+            resolve_plugin_paths(&mut h.settings, "hypervisor", base).map_err(|(key, reason)| invalid(key, reason))?;
         }
         Ok(config)
     }
+}
+
+/// Plugin settings named `path` or ending in `_dir` or `_path` are paths: a relative one is
+/// taken relative to the config file's directory. They must be strings.
+fn resolve_plugin_paths(settings: &mut toml::Table, table: &'static str, base: &Path) -> Result<(), (&'static str, String)> {
+    for (key, value) in settings.iter_mut() {
+        if key != "path" && !key.ends_with("_dir") && !key.ends_with("_path") {
+            continue;
+        }
+        let toml::Value::String(p) = value else {
+            let key: &'static str = match (table, key.as_str()) {
+                ("storage", "path") => "storage.path",
+                ("storage", _) => "storage.*_dir/_path",
+                (_, "path") => "hypervisor.path",
+                _ => "hypervisor.*_dir/_path",
+            };
+            return Err((key, format!("must be a string, not {}", value.type_str())));
+        };
+        if Path::new(p.as_str()).is_relative() {
+            *p = base.join(p.as_str()).to_string_lossy().into_owned();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -296,6 +316,8 @@ mod tests {
         assert_eq!(h.kernel, PathBuf::from("/etc/rt/vmlinuz"));
         assert_eq!((h.vcpus, h.memory_mib), (2, 512));
         assert_eq!(h.settings_json(), serde_json::json!({"accel": "tcg"}));
+        let paths = parse("[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\nkernel = '/k'\nrun_dir = 'vms'\nqemu = 'qemu-system-x86_64'\n").unwrap();
+        assert_eq!(paths.hypervisor.expect("h").settings_json(), serde_json::json!({"run_dir": "/etc/rt/vms", "qemu": "qemu-system-x86_64"}));
         assert_eq!(c.runtime.state_dir, PathBuf::from("/etc/rt/state"));
         assert_eq!(c.runtime.boot_timeout_s, 120);
         let base = "[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\nkernel = 'k'\n";

@@ -48,7 +48,7 @@ async fn every_operation_on_one_sandbox() {
         &image,
         vec![
             container("c1", "echo hello from c1; read line; echo got:$line; exit 3"),
-            container("c2", "trap 'exit 143' TERM; while :; do sleep 1; done"),
+            container("c2", "trap 'exit 143' TERM; trap 'echo c2-got-usr1' USR1; while :; do sleep 0.2; done"),
         ],
     );
 
@@ -130,13 +130,16 @@ async fn every_operation_on_one_sandbox() {
     assert!(matches!(sb.status_container("c3").await.unwrap_err(), SandboxError::ContainerNotFound { .. }));
     assert!(state_error(sb.delete_container("c2").await.unwrap_err()).to_string().contains("it is running"));
 
-    // KillContainer and StopContainer.
-    let p = sb.enter_container("c2", ProcessConfig::new(["sleep", "1000"])).await.expect("exec sleep");
-    sb.kill_container("c2", libc::SIGKILL, true).await.expect("KillContainer");
-    assert_eq!(sb.wait_process("c2", &p.token).await.expect("wait killed"), 128 + libc::SIGKILL);
-    let c2 = sb.status_container("c2").await.expect("status c2");
-    assert_eq!(c2.state, ContainerState::Stopped, "kill --all reached the first process too: {c2:?}");
+    // KillContainer (the first process only) and StopContainer (SIGTERM, handled: exit 143).
+    let sleeper = sb.enter_container("c2", ProcessConfig::new(["sleep", "1000"])).await.expect("exec sleep");
+    let mut c2_out = sb.io_stream("c2", "c2").await.expect("IOStream c2");
+    sb.kill_container("c2", libc::SIGUSR1, false).await.expect("KillContainer");
+    read_until(&mut c2_out.stdout, "c2-got-usr1").await;
+    let c2 = sb.stop_container("c2", false).await.expect("StopContainer");
+    assert_eq!((c2.state, c2.exit_status), (ContainerState::Stopped, Some(143)), "{c2:?}");
+    assert_eq!(sb.wait_process("c2", &sleeper.token).await.expect("wait sleeper"), 128 + libc::SIGKILL, "the pid namespace went with its init");
     assert!(state_error(sb.stop_container("c2", false).await.unwrap_err()).to_string().contains("it is stopped"));
+    assert!(state_error(sb.kill_container("c2", libc::SIGTERM, false).await.unwrap_err()).to_string().contains("it is stopped"));
 
     // The hotplug table: guest network works, device hotplug is not supported yet.
     let nics = sb.list_interfaces().await.expect("ListInterfaces");
@@ -170,9 +173,11 @@ async fn every_operation_on_one_sandbox() {
     let mut io = sb.io_stream("c1", "c1").await.expect("IOStream after restart");
     read_until(&mut io.stdout, "hello from c1").await;
 
-    // StopSandbox, DeleteSandbox.
+    // KillContainer --all on the restarted c1; StopSandbox; sandbox.Delete().
+    sb.kill_container("c1", libc::SIGKILL, true).await.expect("KillContainer --all");
+    assert_eq!(sb.wait_process("c1", "c1").await.expect("wait c1"), 128 + libc::SIGKILL);
     rt.stop_sandbox("api", false).await.expect("StopSandbox");
-    let last = rt.delete_sandbox("api").await.expect("DeleteSandbox");
+    let last = sb.delete().await.expect("sandbox.Delete");
     assert_eq!(last.id, "api");
     assert!(rt.list_sandboxes().await.expect("ListSandboxes").is_empty());
     assert!(matches!(rt.fetch_sandbox("api").await.unwrap_err(), SandboxError::NotFound { .. }));

@@ -7,8 +7,9 @@ use std::process::Command;
 pub const BUILD_PACKAGES: &[&str] = &["g++", "libclang-dev", "zlib1g"];
 
 /// Debian packages the tests need: QEMU for the end-to-end tier, busybox for the container
-/// rootfs, e2fsprogs for its ext4 image, util-linux's unshare for the host agent tier.
-pub const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "e2fsprogs", "util-linux"];
+/// rootfs, e2fsprogs for its ext4 image, util-linux's unshare for the host agent tier,
+/// bsdutils' script(1) for the CLI's interactive terminal test.
+pub const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "e2fsprogs", "util-linux", "bsdutils"];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
