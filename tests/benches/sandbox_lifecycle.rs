@@ -63,14 +63,14 @@ fn main() {
                 to_delete.as_secs_f64()
             );
             first_line.push(to_output.as_secs_f64());
-            stop.push(to_stop.as_secs_f64());
-            delete.push(to_delete.as_secs_f64());
+            stop.push(to_stop.as_secs_f64() * 1e3);
+            delete.push(to_delete.as_secs_f64() * 1e3);
             rss.push(kib as f64 / 1024.0);
         });
     }
     println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container on a read-only ext4 disk:");
     summary("RunSandbox (1 container) to its first output line", first_line, "s");
-    summary("StopSandbox (SIGTERM, container gone, VM quit)", stop, "s");
-    summary("DeleteSandbox (after stop)", delete, "s");
+    summary("StopSandbox (SIGTERM, container gone, VM quit)", stop, "ms");
+    summary("DeleteSandbox (after stop)", delete, "ms");
     summary("host RSS of a running sandbox (its QEMU process)", rss, "MiB");
 }

@@ -11,6 +11,10 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 
 type Opened = oneshot::Sender<std::io::Result<yamux::Stream>>;
 
+/// How long a serial port stays claimed after its session ended: longer than the agent takes
+/// to notice and start a new session (it retries every 100 ms).
+const PORT_COOLDOWN: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// A handle on a session; cheap to clone. The session closes when every handle is gone.
 #[derive(Clone)]
 pub struct YamuxSession {
@@ -40,6 +44,10 @@ impl YamuxSession {
         let connection = yamux::Connection::new(io.compat(), yamux::Config::default(), yamux::Mode::Client);
         tokio::spawn(async move {
             drive(connection, rx).await;
+            // The agent notices the end of a session when it next reads the port, then opens
+            // it afresh; a new connection on the port before that would have its first bytes
+            // read by the old session. Keep the port's claim a little longer.
+            tokio::time::sleep(PORT_COOLDOWN).await;
             drop(guard);
         });
         YamuxSession { requests: tx, address: address.into() }
