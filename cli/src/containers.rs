@@ -53,6 +53,9 @@ pub enum ContainerCommand {
         /// Hostname (the id by default).
         #[arg(long)]
         hostname: Option<String>,
+        /// A read-only root (by default the container writes to a private layer).
+        #[arg(long)]
+        read_only_root: bool,
         #[command(flatten)]
         process: ProcessArgs,
     },
@@ -174,11 +177,11 @@ pub enum ContainerCommand {
 pub async fn run(runtime: &Runtime, cmd: ContainerCommand) -> Result<i32> {
     use ContainerCommand::*;
     match cmd {
-        Create { sandbox, id, disk, hostname, process } => {
+        Create { sandbox, id, disk, hostname, read_only_root, process } => {
             let sb = runtime.fetch_sandbox(&sandbox).await?;
             let config = ContainerConfig {
                 id,
-                rootfs: RootfsConfig { disk, fstype: "ext4".into() },
+                rootfs: RootfsConfig { writable: !read_only_root, ..RootfsConfig::disk(disk) },
                 process: Some(process.config()?),
                 hostname,
                 resources: None,

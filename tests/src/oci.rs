@@ -21,7 +21,7 @@ pub fn process(args: &[&str], terminal: bool) -> Value {
 pub fn spec(args: &[&str], terminal: bool) -> Value {
     oci::spec(&ContainerConfig {
         id: "busybox".into(),
-        rootfs: RootfsConfig { disk: "rootfs".into(), fstype: "ext4".into() },
+        rootfs: RootfsConfig { writable: false, ..RootfsConfig::disk("rootfs") },
         process: Some(process_config(args, terminal)),
         hostname: None,
         resources: None,

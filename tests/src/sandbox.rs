@@ -104,7 +104,7 @@ pub fn qemu_pid(id: &str) -> Option<i32> {
 pub fn container(id: &str, script: &str) -> ContainerConfig {
     ContainerConfig {
         id: id.into(),
-        rootfs: RootfsConfig { disk: "rootfs".into(), fstype: "ext4".into() },
+        rootfs: RootfsConfig::disk("rootfs"),
         process: Some(ProcessConfig::new(["sh", "-c", script])),
         hostname: None,
         resources: None,

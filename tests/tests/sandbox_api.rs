@@ -118,13 +118,18 @@ async fn every_operation_on_one_sandbox() {
     assert!(state_error(sb.pause_container("c2").await.unwrap_err()).to_string().contains("it is paused"));
     assert_eq!(sb.resume_container("c2").await.expect("ResumeContainer").state, ContainerState::Running);
 
-    // CreateContainer / StartContainer / DeleteContainer in a running sandbox.
-    sb.create_container(container("c3", "echo c3 ran")).await.expect("CreateContainer");
+    // CreateContainer / StartContainer / DeleteContainer in a running sandbox; each container
+    // writes to a layer of its own over the shared read-only disk.
+    sb.create_container(container("c3", "echo data > /written && echo c3 ran $(cat /written)")).await.expect("CreateContainer");
     assert!(sb.config().containers.iter().any(|c| c.id == "c3"), "CreateContainer adds to the config");
     let mut io = sb.io_stream("c3", "c3").await.expect("IOStream c3");
     sb.start_container("c3").await.expect("StartContainer");
-    read_until(&mut io.stdout, "c3 ran").await;
+    read_until(&mut io.stdout, "c3 ran data").await;
     assert_eq!(sb.wait_process("c3", "c3").await.expect("wait c3"), 0);
+    let look = sb.enter_container("c2", ProcessConfig::new(["sh", "-c", "test -e /written && echo shared || echo private"])).await.expect("exec");
+    let mut io = sb.io_stream("c2", &look.token).await.expect("IOStream look");
+    read_until(&mut io.stdout, "private").await;
+    sb.wait_process("c2", &look.token).await.expect("wait look");
     sb.delete_container("c3").await.expect("DeleteContainer");
     assert!(!sb.config().containers.iter().any(|c| c.id == "c3"));
     assert!(matches!(sb.status_container("c3").await.unwrap_err(), SandboxError::ContainerNotFound { .. }));

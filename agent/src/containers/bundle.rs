@@ -40,8 +40,38 @@ pub fn prepare_spec(id: &str, json: &[u8], rootfs: &Path) -> Result<Spec, Contai
     Ok(spec)
 }
 
-/// Mounts the container's root filesystem at `target`.
+/// Mounts the container's root filesystem at `target`: the source itself, or with
+/// `writable_layer` the source read-only under an overlay whose upper layer is a tmpfs (the
+/// lower and layer mounts sit next to `target`, in the bundle).
 pub fn mount_rootfs(storage: &pb::Storage, target: &Path) -> Result<(), ContainerError> {
+    if !storage.writable_layer {
+        return mount_source(storage, target);
+    }
+    let bundle = target.parent().unwrap_or(Path::new("/"));
+    let (lower, layer) = (bundle.join("lower"), bundle.join("layer"));
+    let io = |what: String| move |e: nix::Error| ContainerError::Io { what, source: e.into() };
+    for dir in [&lower, &layer] {
+        std::fs::create_dir_all(dir).map_err(|e| ContainerError::Io { what: format!("creating {}", dir.display()), source: e })?;
+    }
+    mount_source(&pb::Storage { read_only: true, writable_layer: false, ..storage.clone() }, &lower)?;
+    let layered = (|| {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mount(Some("tmpfs"), &layer, Some("tmpfs"), flags, Some("mode=0755")).map_err(io(format!("mounting a tmpfs on {}", layer.display())))?;
+        for dir in ["upper", "work"] {
+            std::fs::create_dir(layer.join(dir)).map_err(|e| ContainerError::Io { what: format!("creating {dir} in {}", layer.display()), source: e })?;
+        }
+        let data = format!("lowerdir={},upperdir={},workdir={}", lower.display(), layer.join("upper").display(), layer.join("work").display());
+        mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(io(format!("mounting an overlay on {}", target.display())))
+    })();
+    if layered.is_err() {
+        let _ = umount2(&layer, MntFlags::MNT_DETACH);
+        let _ = umount2(&lower, MntFlags::MNT_DETACH);
+    }
+    layered
+}
+
+/// Mounts `storage`'s source at `target`.
+fn mount_source(storage: &pb::Storage, target: &Path) -> Result<(), ContainerError> {
     let mut flags = MsFlags::empty();
     if storage.read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -98,9 +128,17 @@ fn disk_by_serial(sys_block: &Path, serial: &str) -> Result<PathBuf, ContainerEr
     Err(ContainerError::NoRootfs { path: format!("a disk with serial {serial:?} (none in {})", sys_block.display()) })
 }
 
-/// Unmounts the rootfs (lazily: a process that escaped the cgroup must not block removal).
+/// Unmounts the rootfs and, if it had a writable layer, the layer and the lower mount
+/// (lazily: a process that escaped the cgroup must not block removal).
 pub fn unmount_rootfs(target: &Path) {
     let _ = umount2(target, MntFlags::MNT_DETACH);
+    if let Some(bundle) = target.parent() {
+        for dir in ["layer", "lower"] {
+            if bundle.join(dir).exists() {
+                let _ = umount2(&bundle.join(dir), MntFlags::MNT_DETACH);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ async fn run() -> Result<(), Error> {
         disks: vec![DiskConfig { name: "rootfs".into(), path: PathBuf::from(rootfs), read_only: true }],
         containers: vec![ContainerConfig {
             id: "main".into(),
-            rootfs: RootfsConfig { disk: "rootfs".into(), fstype: "ext4".into() },
+            rootfs: RootfsConfig::disk("rootfs"),
             process: Some(process),
             hostname: Some("embedded".into()),
             // OCI linux.resources: cgroup limits inside the VM.

@@ -68,10 +68,25 @@ pub struct RootfsConfig {
     /// Its filesystem type.
     #[serde(default = "ext4")]
     pub fstype: String,
+    /// Whether the container may write to its root: it then gets a private writable layer
+    /// over the (shared, read-only) disk. Otherwise its root is read-only.
+    #[serde(default = "writable")]
+    pub writable: bool,
 }
 
 fn ext4() -> String {
     "ext4".into()
+}
+
+fn writable() -> bool {
+    true
+}
+
+impl RootfsConfig {
+    /// A writable ext4 root on disk `disk`.
+    pub fn disk(disk: impl Into<String>) -> Self {
+        Self { disk: disk.into(), fstype: ext4(), writable: true }
+    }
 }
 
 /// A process to run: a container's first process, or one entered into a container.
@@ -255,7 +270,7 @@ mod tests {
             disks: vec![disk("rootfs", image)],
             containers: vec![ContainerConfig {
                 id: "c1".into(),
-                rootfs: RootfsConfig { disk: "rootfs".into(), fstype: ext4() },
+                rootfs: RootfsConfig::disk("rootfs"),
                 process: Some(ProcessConfig::new(["echo", "hi"])),
                 hostname: None,
                 resources: None,

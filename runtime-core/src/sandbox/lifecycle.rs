@@ -124,6 +124,8 @@ pub(crate) async fn create_in_guest(
         fstype: c.rootfs.fstype.clone(),
         options: Vec::new(),
         read_only: disk.is_none_or(|d| d.read_only),
+        // A writable root over a read-only (shared) disk needs a layer of its own.
+        writable_layer: c.rootfs.writable && disk.is_none_or(|d| d.read_only),
     };
     let request = pb::CreateContainerRequest {
         container_id: c.id.clone(),

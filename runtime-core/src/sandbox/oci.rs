@@ -30,8 +30,8 @@ pub fn process(p: &ProcessConfig) -> Value {
 }
 
 /// The whole spec of a container: its own `oci_spec` if given, else one generated from its
-/// process, hostname and resources. The root is read-only (disks are shared read-only), with
-/// a writable tmpfs on `/tmp`.
+/// process, hostname and resources. The root is writable if the rootfs says so (a private
+/// layer over the shared disk), and `/tmp` is a tmpfs either way.
 pub fn spec(c: &ContainerConfig) -> Value {
     if let Some(spec) = &c.oci_spec {
         return spec.clone();
@@ -40,7 +40,7 @@ pub fn spec(c: &ContainerConfig) -> Value {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": process,
-        "root": { "path": "rootfs", "readonly": true },
+        "root": { "path": "rootfs", "readonly": !c.rootfs.writable },
         "hostname": c.hostname.clone().unwrap_or_else(|| c.id.clone()),
         "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc" },
@@ -75,7 +75,7 @@ mod tests {
         p.uid = 1000;
         let c = ContainerConfig {
             id: "web".into(),
-            rootfs: RootfsConfig { disk: "rootfs".into(), fstype: "ext4".into() },
+            rootfs: RootfsConfig::disk("rootfs"),
             process: Some(p),
             hostname: None,
             resources: Some(json!({"pids": {"limit": 10}})),
