@@ -68,7 +68,7 @@ fn main() {
             rss.push(kib as f64 / 1024.0);
         });
     }
-    println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container on a read-only ext4 disk:");
+    println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container, writable layer over a read-only ext4 disk:");
     summary("RunSandbox (1 container) to its first output line", first_line, "s");
     summary("StopSandbox (SIGTERM, container gone, VM quit)", stop, "ms");
     summary("DeleteSandbox (after stop)", delete, "ms");
