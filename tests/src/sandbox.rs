@@ -83,6 +83,29 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Sends one QMP command to sandbox `id`'s QEMU behind the runtime's back (the test's own
+/// client: greeting, `qmp_capabilities`, the command); returns the reply line.
+pub fn qmp(t: &TestRuntime, id: &str, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let socket = t.dir.path().join("vms").join(id).join("qmp.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut line = String::new();
+    let mut reply = |stream: &mut std::os::unix::net::UnixStream, json: &str| {
+        stream.write_all(json.as_bytes()).expect("QMP write");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("QMP read");
+            if line.contains("\"return\"") || line.contains("\"error\"") || line.is_empty() {
+                return line.clone();
+            }
+        }
+    };
+    reply(&mut stream, "{\"execute\": \"qmp_capabilities\"}\n");
+    reply(&mut stream, &format!("{{\"execute\": \"{command}\"}}\n"))
+}
+
 /// The pid of the QEMU process running sandbox `id` (`-name sandbox-<id>`), if any.
 pub fn qemu_pid(id: &str) -> Option<i32> {
     let wanted = format!("sandbox-{id}");

@@ -4,7 +4,7 @@
 //! checked; so are the hotplug functions (the device ones are not supported yet).
 
 use integration_tests::qemu::image_or_skip;
-use integration_tests::sandbox::{container, qemu_pid, sandbox, TestRuntime};
+use integration_tests::sandbox::{container, qmp, qemu_pid, sandbox, TestRuntime};
 use runtime_core::sandbox::{
     ContainerState, MonitorEvent, OutputReader, ProcessConfig, SandboxError, SandboxState, StateError,
 };
@@ -277,4 +277,24 @@ async fn monitor_reports_a_vm_killed_with_sigkill() {
     assert_eq!(t.runtime.status_sandbox("doomed").await.map(|s| s.vm_status).unwrap_or_default(), "dead");
     t.runtime.delete_sandbox("doomed").await.expect("DeleteSandbox of a dead VM");
     t.assert_nothing_left("doomed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monitor_reports_an_agent_that_stops_answering() {
+    let Some(image) = image_or_skip() else { return };
+    let t = TestRuntime::new(&image);
+    let sb = t.runtime.create_sandbox(sandbox("silent", &image, vec![])).await.expect("CreateSandbox");
+    let mut monitor = sb.monitor().await.expect("Monitor");
+    // Pausing the VM through the API is expected: no event.
+    sb.pause().await.expect("pause");
+    assert!(tokio::time::timeout(Duration::from_secs(4), monitor.next()).await.is_err(), "an event for a pause made through the API");
+    sb.resume().await.expect("resume");
+    // Frozen behind the runtime's back: the VM lives, the agent cannot answer.
+    let reply = qmp(&t, "silent", "stop");
+    assert!(reply.contains("return"), "{reply}");
+    let event = tokio::time::timeout(Duration::from_secs(60), monitor.next()).await.expect("Monitor reported nothing within 60 s");
+    assert!(matches!(event, Some(MonitorEvent::AgentUnreachable { .. })), "{event:?}");
+    assert!(qemu_pid("silent").is_some(), "the VM is alive");
+    t.runtime.delete_sandbox("silent").await.expect("DeleteSandbox");
+    t.assert_nothing_left("silent");
 }

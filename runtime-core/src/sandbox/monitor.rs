@@ -21,7 +21,8 @@ pub enum MonitorEvent {
         /// What the hypervisor plugin says (`dead`, ...).
         vm_status: String,
     },
-    /// The agent stopped answering while the VM runs (twice in a row).
+    /// The agent stopped answering (twice in a row) although the sandbox was not paused through
+    /// the API: it hangs, its channel broke, or the VM was paused behind the runtime's back.
     AgentUnreachable {
         /// The last error.
         error: String,
@@ -73,7 +74,9 @@ impl Sandbox {
                     let _ = tx.send(MonitorEvent::VmDied { vm_status: status }).await;
                     return;
                 }
-                if tick % AGENT_EVERY != 0 || status != "running" || record.state == SandboxState::Paused {
+                // A VM paused through the API is expected not to answer; one paused behind the
+                // runtime's back (or whose agent hangs) is not.
+                if tick % AGENT_EVERY != 0 || record.state == SandboxState::Paused {
                     continue;
                 }
                 match tokio::time::timeout(HEALTH_TIMEOUT, agent.health()).await {
