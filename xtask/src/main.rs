@@ -5,9 +5,11 @@
 //!   libraries, and runs the main job.
 //! - `test`: installs what the tests need, builds the plugin libraries and runs the suite.
 //! - `bench`: runs the benchmarks (release build).
+//! - `nested`: boots a nested-KVM L1 under QEMU/TCG and runs a command in it.
 
 mod deps;
 mod guest;
+mod nested;
 mod tasks;
 
 use anyhow::{bail, Result};
@@ -19,6 +21,7 @@ fn main() {
         Some("demo") => tasks::demo(),
         Some("test") => tasks::test(&args[1..]),
         Some("bench") => tasks::bench(&args[1..]),
+        Some("nested") => nested::task(&args[1..]),
         _ => usage(),
     };
     if let Err(e) = result {
@@ -28,5 +31,5 @@ fn main() {
 }
 
 fn usage() -> Result<()> {
-    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args]")
+    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args] | nested [--timeout SECS] [-- COMMAND...]")
 }

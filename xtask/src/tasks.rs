@@ -17,7 +17,7 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
 
-fn target_dir() -> Result<PathBuf> {
+pub fn target_dir() -> Result<PathBuf> {
     let out = cargo().args(["metadata", "--format-version", "1", "--no-deps"]).output()?;
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata")?;
     Ok(PathBuf::from(meta["target_directory"].as_str().context("target_directory")?))

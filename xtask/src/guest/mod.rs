@@ -8,9 +8,9 @@
 //! - `manifest.json`: what went in and what came out. When the inputs recorded there are
 //!   unchanged and the outputs exist, a run does nothing.
 
-mod initramfs;
-mod kernel_deb;
-mod modules;
+pub mod initramfs;
+pub mod kernel_deb;
+pub mod modules;
 mod rootfs;
 mod vmlinux;
 
@@ -24,7 +24,7 @@ use std::process::Command;
 /// Debian packages the guest build uses.
 pub const GUEST_PACKAGES: &[&str] = &["busybox-static", "e2fsprogs"];
 /// Bumped when the layout of the outputs changes, so old outputs are rebuilt.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 /// The agent package and binary.
 const AGENT: &str = "guest-agent";
 /// The agent is linked statically against glibc: it is PID 1 of an initramfs with no libc.
@@ -164,11 +164,19 @@ fn up_to_date(manifest: &Path, inputs: &Inputs) -> Option<GuestImage> {
 }
 
 fn initramfs_entries(release: &str, mods: &[modules::Module], agent: Vec<u8>) -> Result<Vec<Entry>> {
+    let (mut entries, list) = skeleton(&["/mnt", "/etc/agent"], release, mods)?;
+    entries.push(Entry::File { path: "/etc/agent/modules".into(), mode: 0o644, data: list.into_bytes() });
+    entries.push(Entry::File { path: "/init".into(), mode: 0o755, data: agent });
+    Ok(entries)
+}
+
+/// The start of an initramfs: the usual directories plus `extra_dirs`, `/dev/console` and
+/// `/dev/null`, and the `.ko` files of `mods` under `/lib/modules/<release>`. Also returns the
+/// modules' paths, one per line in load order (what an init reads to load them).
+pub fn skeleton(extra_dirs: &[&str], release: &str, mods: &[modules::Module]) -> Result<(Vec<Entry>, String)> {
     let moddir = format!("/lib/modules/{release}");
-    let mut entries: Vec<Entry> = ["/dev", "/proc", "/sys", "/run", "/tmp", "/mnt", "/etc", "/etc/agent", "/lib", "/lib/modules"]
-        .iter()
-        .map(|p| Entry::Dir { path: (*p).to_owned() })
-        .collect();
+    let dirs = ["/dev", "/proc", "/sys", "/run", "/tmp", "/etc", "/lib", "/lib/modules"];
+    let mut entries: Vec<Entry> = dirs.iter().chain(extra_dirs).map(|p| Entry::Dir { path: (*p).to_owned() }).collect();
     entries.push(Entry::Dir { path: moddir.clone() });
     entries.push(Entry::CharDev { path: "/dev/console".into(), mode: 0o600, major: 5, minor: 1 });
     entries.push(Entry::CharDev { path: "/dev/null".into(), mode: 0o666, major: 1, minor: 3 });
@@ -180,9 +188,7 @@ fn initramfs_entries(release: &str, mods: &[modules::Module], agent: Vec<u8>) ->
         let data = std::fs::read(&m.path).with_context(|| format!("reading {}", m.path.display()))?;
         entries.push(Entry::File { path, mode: 0o644, data });
     }
-    entries.push(Entry::File { path: "/etc/agent/modules".into(), mode: 0o644, data: list.into_bytes() });
-    entries.push(Entry::File { path: "/init".into(), mode: 0o755, data: agent });
-    Ok(entries)
+    Ok((entries, list))
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {

@@ -1,0 +1,120 @@
+//! Booting L1 and waiting for its markers, with a timeout on every step and one retry of a
+//! hung L1.
+
+use super::l1::L1Image;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long L1 may take to boot and load its modules (about 10 s under TCG here).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A step of a run, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// From spawning QEMU to `NESTED-READY`.
+    Boot,
+    /// From `NESTED-READY` to `NESTED-EXIT`.
+    Command,
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Spawn to L1 ready.
+    pub boot: Duration,
+    /// Whether L1 had `/dev/kvm`.
+    pub kvm: bool,
+    /// How long the command ran.
+    pub ran: Duration,
+    /// Its exit status.
+    pub status: i32,
+}
+
+enum Attempt {
+    Done(Outcome),
+    Hung(Step, String),
+}
+
+/// Boots L1 with `image` and waits for its command; a hung step is retried once.
+pub fn run(image: &L1Image, timeout: Duration) -> Result<Outcome> {
+    for attempt in 1..=2 {
+        match once(image, timeout)? {
+            Attempt::Done(outcome) => return Ok(outcome),
+            Attempt::Hung(step, tail) if attempt == 1 => {
+                eprintln!("nested: L1 hung in step {step:?}; retrying once. Last console lines:\n{tail}");
+            }
+            Attempt::Hung(step, tail) => bail!("L1 hung twice in step {step:?}; last console lines:\n{tail}"),
+        }
+    }
+    bail!("L1 did not finish in two attempts")
+}
+
+fn spawn(image: &L1Image) -> Result<Child> {
+    Command::new("qemu-system-x86_64")
+        .args(["-M", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "4096"])
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot", "-nodefaults"])
+        .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawning qemu-system-x86_64 (Debian package qemu-system-x86)")
+}
+
+fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
+    let mut child = spawn(image)?;
+    let stdout = child.stdout.take().context("QEMU's stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let spawned = Instant::now();
+    let mut tail: Vec<String> = Vec::new();
+    let mut step = Step::Boot;
+    let mut deadline = spawned + BOOT_TIMEOUT;
+    let (mut boot, mut kvm) = (Duration::ZERO, false);
+    let result = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_owned();
+                if let Some(rest) = line.strip_prefix("NESTED-READY ") {
+                    boot = spawned.elapsed();
+                    kvm = rest.contains("kvm=yes");
+                    step = Step::Command;
+                    deadline = Instant::now() + timeout;
+                } else if let Some(code) = line.strip_prefix("NESTED-EXIT ") {
+                    let status = code.trim().parse().with_context(|| format!("bad exit line {line:?}"))?;
+                    break Attempt::Done(Outcome { boot, kvm, ran: spawned.elapsed() - boot, status });
+                } else if step == Step::Command {
+                    println!("{line}");
+                }
+                tail.push(line);
+                if tail.len() > 30 {
+                    tail.remove(0);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break Attempt::Hung(step, tail.join("\n")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                bail!("L1 exited in step {step:?} without a result; last console lines:\n{}", tail.join("\n"));
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(result)
+}
