@@ -14,7 +14,7 @@ pub struct RunArgs {
     /// Start it and return, without attaching to its first container.
     #[arg(long, short)]
     pub detach: bool,
-    /// Delete the sandbox once its first container exited.
+    /// Delete the sandbox once its first container exited (or on Ctrl-C).
     #[arg(long)]
     pub rm: bool,
     /// Forward stdin to the first container.
@@ -46,7 +46,14 @@ pub async fn run(runtime: &Runtime, args: RunArgs) -> Result<i32> {
         return Ok(0);
     };
     let terminal = first.process.as_ref().is_some_and(|p| p.terminal);
-    let status = attach(&sandbox, &first.id, &first.id, args.interactive, terminal).await;
+    let status = tokio::select! {
+        status = attach(&sandbox, &first.id, &first.id, args.interactive, terminal) => status,
+        _ = tokio::signal::ctrl_c(), if !terminal => {
+            // Interrupted: the sandbox keeps running unless --rm asked for it to go.
+            eprintln!("interrupted{}", if args.rm { "; deleting the sandbox" } else { "; the sandbox keeps running" });
+            Ok(130)
+        }
+    };
     if args.rm {
         sandbox.release().await;
         runtime.delete_sandbox(sandbox.id()).await.with_context(|| format!("deleting sandbox {}", sandbox.id()))?;
