@@ -1,0 +1,94 @@
+//! Guest RAM: one memfd-backed region starting at guest physical address 0.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+/// Guest RAM must end below the 32-bit MMIO gap for now (one region, no split).
+pub const MAX_MEMORY_BYTES: u64 = 3 << 30;
+/// Below this the kernel cannot unpack its initramfs.
+pub const MIN_MEMORY_BYTES: u64 = 32 << 20;
+
+/// Errors creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The requested size is outside what this VMM supports.
+    #[error("memory size {0} MiB is outside 32..=3072 MiB")]
+    BadSize(u64),
+    /// memfd_create failed.
+    #[error("memfd_create failed")]
+    Memfd(#[source] std::io::Error),
+    /// Sizing the memfd failed.
+    #[error("setting the memfd size failed")]
+    Truncate(#[source] std::io::Error),
+    /// Mapping the memfd failed.
+    #[error("mapping guest memory failed")]
+    Mmap(#[source] vm_memory::mmap::FromRangesError),
+}
+
+/// Validates a size in MiB and returns it in bytes.
+pub fn memory_bytes(mib: u64) -> Result<u64, MemoryError> {
+    let bytes = mib.checked_mul(1 << 20).ok_or(MemoryError::BadSize(mib))?;
+    if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&bytes) {
+        return Err(MemoryError::BadSize(mib));
+    }
+    Ok(bytes)
+}
+
+fn memfd(name: &CStr, size: u64) -> Result<File, MemoryError> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call; the flags are
+    // valid memfd_create flags. The kernel does not keep the pointer.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by memfd_create, is valid and owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).map_err(MemoryError::Truncate)?;
+    Ok(file)
+}
+
+/// Creates `mib` MiB of guest RAM at GPA 0, backed by a memfd (shared mapping).
+pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let size = memory_bytes(mib)?;
+    let file = memfd(c"vmm-guest-ram", size)?;
+    let len = usize::try_from(size).map_err(|_| MemoryError::BadSize(mib))?;
+    GuestMemoryMmap::from_ranges_with_files([(
+        GuestAddress(0),
+        len,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .map_err(MemoryError::Mmap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn sizes_are_validated() {
+        assert!(matches!(memory_bytes(0), Err(MemoryError::BadSize(0))));
+        assert!(matches!(memory_bytes(3073), Err(MemoryError::BadSize(_))));
+        assert!(matches!(
+            memory_bytes(u64::MAX),
+            Err(MemoryError::BadSize(_))
+        ));
+        assert_eq!(memory_bytes(256).unwrap(), 256 << 20);
+    }
+
+    #[test]
+    fn memfd_backed_memory_is_usable() {
+        let mem = create_guest_memory(32).unwrap();
+        assert_eq!(mem.num_regions(), 1);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert!(mem.write_obj(1u8, GuestAddress(32 << 20)).is_err());
+    }
+}
