@@ -135,7 +135,7 @@ fn tiers_line() -> String {
     let host = if crate::deps::is_root() { "host agent ran (as root, in namespaces)".to_owned() } else { "host agent skipped (needs root)".to_owned() };
     let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
     let qemu = if qemu { "QEMU end to end ran (TCG: the agent, and the Sandbox API through the QEMU plugin, with busybox containers)" } else { "QEMU end to end skipped (no qemu-system-x86_64)" };
-    format!("tiers: unit and plugin integration ran; {host}; {qemu}; nested KVM skipped (no vmm yet, issue #5)")
+    format!("tiers: unit and plugin integration ran; {host}; {qemu}; nested KVM skipped (the vmm has no end-to-end tests yet, issue #5; `cargo xtask nested` runs by hand)")
 }
 
 /// `cargo xtask bench`: the criterion benchmarks (release plugin libraries; `extra` goes to
