@@ -62,65 +62,44 @@ impl Drop for TestRuntime {
     /// Kills the VMs a failed test left running (their QEMU runs from this runtime's
     /// directory), so one failure does not leave processes behind.
     fn drop(&mut self) {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        for pid in processes_mentioning(&needle) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let ours = |args: &Vec<String>| args.first().is_some_and(|a| a.contains("qemu-system")) && args.iter().any(|a| a.contains(&dir));
+        for (pid, _) in live_processes().into_iter().filter(|(_, args)| ours(args)) {
             // SAFETY: kill(2) with plain integers, on a QEMU this runtime started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
 
-fn processes_mentioning(needle: &str) -> Vec<i32> {
+/// Sends one QMP command to sandbox `id`'s QEMU behind the runtime's back, with the QEMU
+/// plugin's own client; returns QEMU's `return` value.
+pub fn qmp(t: &TestRuntime, id: &str, command: &str) -> Result<serde_json::Value, hypervisor_qemu::qmp::QmpError> {
+    let dir = t.dir.path().join("vms").join(id);
+    hypervisor_qemu::qmp::execute(&dir.join("qmp.sock"), &dir.join("qmp.lock"), command, std::time::Duration::from_secs(10))
+}
+
+/// Every process that has not exited (zombies excluded), with its arguments.
+fn live_processes() -> Vec<(i32, Vec<String>)> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            if stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')) {
+                return None;
+            }
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline);
-            (text.starts_with("/") && text.contains("qemu-system") && text.contains(needle)).then_some(pid)
+            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            Some((pid, args))
         })
         .collect()
-}
-
-/// Sends one QMP command to sandbox `id`'s QEMU behind the runtime's back (the test's own
-/// client: greeting, `qmp_capabilities`, the command); returns the reply line.
-pub fn qmp(t: &TestRuntime, id: &str, command: &str) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let socket = t.dir.path().join("vms").join(id).join("qmp.sock");
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut line = String::new();
-    let mut reply = |stream: &mut std::os::unix::net::UnixStream, json: &str| {
-        stream.write_all(json.as_bytes()).expect("QMP write");
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("QMP read");
-            if line.contains("\"return\"") || line.contains("\"error\"") || line.is_empty() {
-                return line.clone();
-            }
-        }
-    };
-    reply(&mut stream, "{\"execute\": \"qmp_capabilities\"}\n");
-    reply(&mut stream, &format!("{{\"execute\": \"{command}\"}}\n"))
 }
 
 /// The pid of the QEMU process running sandbox `id` (`-name sandbox-<id>`), if any.
 pub fn qemu_pid(id: &str) -> Option<i32> {
     let wanted = format!("sandbox-{id}");
-    for entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')) {
-            continue;
-        }
-        if cmdline.split(|b| *b == 0).any(|arg| arg == wanted.as_bytes()) {
-            return Some(pid);
-        }
-    }
-    None
+    live_processes().into_iter().find(|(_, args)| args.contains(&wanted)).map(|(pid, _)| pid)
 }
 
 /// A busybox container running `script` with `sh -c`.

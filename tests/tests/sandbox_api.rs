@@ -290,8 +290,7 @@ async fn monitor_reports_an_agent_that_stops_answering() {
     assert!(tokio::time::timeout(Duration::from_secs(4), monitor.next()).await.is_err(), "an event for a pause made through the API");
     sb.resume().await.expect("resume");
     // Frozen behind the runtime's back: the VM lives, the agent cannot answer.
-    let reply = qmp(&t, "silent", "stop");
-    assert!(reply.contains("return"), "{reply}");
+    qmp(&t, "silent", "stop").expect("QMP stop");
     let event = tokio::time::timeout(Duration::from_secs(60), monitor.next()).await.expect("Monitor reported nothing within 60 s");
     assert!(matches!(event, Some(MonitorEvent::AgentUnreachable { .. })), "{event:?}");
     assert!(qemu_pid("silent").is_some(), "the VM is alive");

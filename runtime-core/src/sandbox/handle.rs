@@ -132,7 +132,7 @@ impl Sandbox {
 
     /// Maps a failed agent call.
     pub(crate) fn call_error(&self, method: &'static str) -> impl Fn(tonic::Status) -> SandboxError + '_ {
-        move |status| SandboxError::Agent { sandbox: self.id.clone(), source: AgentError::Call { method, status } }
+        super::call_error(&self.id, method)
     }
 
     /// The agent client of the VM's current boot: claims a free agent channel (each host
@@ -142,7 +142,7 @@ impl Sandbox {
             return Ok(c.client.clone());
         }
         // A VM that is not running cannot answer: say so now rather than after the timeout.
-        let vm_status = super::status::from_record(&self.rt, record).await.vm_status;
+        let vm_status = super::status::vm_status(&self.rt, record).await;
         if vm_status != "running" {
             return Err(SandboxError::VmNotRunning { sandbox: self.id.clone(), vm_status });
         }

@@ -238,7 +238,7 @@ impl Sandbox {
     }
 
     async fn stop_guest(&self, record: &mut SandboxRecord) -> Result<(), SandboxError> {
-        let vm_status = super::status::from_record(&self.rt, record).await.vm_status;
+        let vm_status = super::status::vm_status(&self.rt, record).await;
         if vm_status != "running" && vm_status != "paused" {
             return Err(SandboxError::VmNotRunning { sandbox: self.id.clone(), vm_status });
         }

@@ -167,6 +167,11 @@ pub enum SandboxError {
     Task(String),
 }
 
+/// Maps a failed agent call of sandbox `sandbox` to its error.
+pub(crate) fn call_error<'a>(sandbox: &'a str, method: &'static str) -> impl Fn(tonic::Status) -> SandboxError + 'a {
+    move |status| SandboxError::Agent { sandbox: sandbox.to_owned(), source: AgentError::Call { method, status } }
+}
+
 /// Runs blocking work (plugin calls, locks) off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, SandboxError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| SandboxError::Task(e.to_string()))

@@ -3,8 +3,8 @@
 use super::containers::exec_id;
 use super::handle::Sandbox;
 use super::state::{require_sandbox, SandboxState};
-use super::SandboxError;
-use crate::agent::{AgentError, RawClient};
+use super::{call_error, SandboxError};
+use crate::agent::RawClient;
 use agent_protocol::pb;
 use futures::StreamExt;
 
@@ -34,10 +34,6 @@ pub struct OutputReader {
     sandbox: String,
 }
 
-fn call<'a>(sandbox: &'a str, method: &'static str) -> impl Fn(tonic::Status) -> SandboxError + 'a {
-    move |status| SandboxError::Agent { sandbox: sandbox.to_owned(), source: AgentError::Call { method, status } }
-}
-
 impl StdinWriter {
     /// Writes all of `data`.
     pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), SandboxError> {
@@ -48,7 +44,7 @@ impl StdinWriter {
                 exec_id: self.process.exec_id.clone(),
                 data: data[..n].to_vec(),
             };
-            let written = self.raw.write_stdin(request).await.map_err(call(&self.sandbox, "WriteStdin"))?.into_inner().written;
+            let written = self.raw.write_stdin(request).await.map_err(call_error(&self.sandbox, "WriteStdin"))?.into_inner().written;
             let written = usize::try_from(written).unwrap_or(usize::MAX);
             if written == 0 || written > n {
                 return Err(SandboxError::BadReply { sandbox: self.sandbox.clone(), what: format!("wrote {written} of {n} stdin bytes") });
@@ -60,7 +56,7 @@ impl StdinWriter {
 
     /// Closes stdin: the process reads end of file.
     pub async fn close(mut self) -> Result<(), SandboxError> {
-        self.raw.close_stdin(self.process.clone()).await.map_err(call(&self.sandbox, "CloseStdin"))?;
+        self.raw.close_stdin(self.process.clone()).await.map_err(call_error(&self.sandbox, "CloseStdin"))?;
         Ok(())
     }
 }
@@ -71,7 +67,7 @@ impl OutputReader {
         match self.stream.next().await {
             None => Ok(None),
             Some(Ok(chunk)) => Ok(Some(chunk.data)),
-            Some(Err(status)) => Err(call(&self.sandbox, "ReadOutput")(status)),
+            Some(Err(status)) => Err(call_error(&self.sandbox, "ReadOutput")(status)),
         }
     }
 

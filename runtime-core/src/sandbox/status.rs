@@ -103,9 +103,10 @@ pub(crate) fn container_status(record: &SandboxRecord, id: &str) -> Option<Conta
     })
 }
 
-/// A status from the record, asking the hypervisor plugin about the VM.
-pub(crate) async fn from_record(rt: &Inner, record: &SandboxRecord) -> SandboxStatus {
-    let vm_status = match (rt.hypervisor(), record.vm.blob()) {
+/// What the hypervisor plugin says of the record's VM (`none` before it was created; the
+/// plugin's error as `unknown (...)`).
+pub(crate) async fn vm_status(rt: &Inner, record: &SandboxRecord) -> String {
+    match (rt.hypervisor(), record.vm.blob()) {
         (Ok((hv, _)), Ok(blob)) if !blob.is_empty() => {
             let hv = hv.clone();
             match blocking(move || hv.vm_status(&blob)).await {
@@ -116,7 +117,17 @@ pub(crate) async fn from_record(rt: &Inner, record: &SandboxRecord) -> SandboxSt
         }
         (Err(e), _) => format!("unknown ({e})"),
         _ => "none".into(),
-    };
+    }
+}
+
+/// A status from the record, asking the hypervisor plugin about the VM.
+pub(crate) async fn from_record(rt: &Inner, record: &SandboxRecord) -> SandboxStatus {
+    let vm_status = vm_status(rt, record).await;
+    with_vm_status(record, vm_status)
+}
+
+/// A status from the record and what the plugin said of the VM.
+fn with_vm_status(record: &SandboxRecord, vm_status: String) -> SandboxStatus {
     SandboxStatus {
         id: record.config.id.clone(),
         state: record.state,
@@ -138,7 +149,8 @@ impl Sandbox {
     pub async fn status(&self) -> Result<SandboxStatus, SandboxError> {
         let (_lock, mut record) = self.locked().await?;
         let live = matches!(record.state, SandboxState::Ready | SandboxState::Running);
-        if live && from_record(&self.rt, &record).await.vm_status == "running" {
+        let vm = vm_status(&self.rt, &record).await;
+        if live && vm == "running" {
             let agent = self.agent(&record).await?;
             let before: Vec<ContainerState> = record.containers.values().map(|c| c.state).collect();
             for c in record.config.containers.clone() {
@@ -148,7 +160,7 @@ impl Sandbox {
                 self.commit(&record).await?;
             }
         }
-        Ok(from_record(&self.rt, &record).await)
+        Ok(with_vm_status(&record, vm))
     }
 
     /// sandbox.Stats(): the agent's memory and every live container's cgroup statistics.
