@@ -7,6 +7,7 @@ pub mod memory;
 pub mod pio;
 pub mod serial;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 use std::fs::File;
