@@ -1,0 +1,122 @@
+//! The thread that serves an activated device's queues, and the epoll set it waits on.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The token [`Waiter::wait`] returns when the worker must stop.
+pub const STOP_TOKEN: u64 = u64::MAX;
+
+/// An epoll set: file descriptors with a `u64` token each, plus the worker's stop eventfd.
+pub struct Waiter {
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+}
+
+impl Waiter {
+    fn new(stop: &EventFd) -> std::io::Result<Self> {
+        let mut waiter = Self { epoll: Epoll::new()?, events: vec![EpollEvent::default(); 32] };
+        waiter.add(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
+        Ok(waiter)
+    }
+
+    /// Watches `fd` for `events`, reporting it as `token`.
+    pub fn add(&mut self, fd: RawFd, token: u64, events: EventSet) -> std::io::Result<()> {
+        self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+
+    /// Changes what `fd` is watched for.
+    pub fn modify(&mut self, fd: RawFd, token: u64, events: EventSet) -> std::io::Result<()> {
+        self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+    }
+
+    /// Stops watching `fd`.
+    pub fn remove(&mut self, fd: RawFd) -> std::io::Result<()> {
+        self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+
+    /// Waits (at most `timeout_ms`, -1 for ever) and returns the ready tokens with their
+    /// event sets. Interrupted waits return an empty list.
+    pub fn wait(&mut self, timeout_ms: i32) -> std::io::Result<Vec<(u64, EventSet)>> {
+        let n = match self.epoll.wait(timeout_ms, &mut self.events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(self.events[..n]
+            .iter()
+            .map(|e| (e.data(), EventSet::from_bits_truncate(e.events())))
+            .collect())
+    }
+}
+
+/// A running device worker thread; stopping (or dropping) it signals the stop eventfd and
+/// joins the thread.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Spawns thread `name` running `body` with a [`Waiter`] that already watches the stop
+    /// eventfd: `body` must return once `wait` reports [`STOP_TOKEN`].
+    pub fn spawn<F>(name: &str, body: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(Waiter) + Send + 'static,
+    {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let waiter = Waiter::new(&stop)?;
+        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || body(waiter))?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+
+    /// Signals the worker to stop and waits for it.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else { return };
+        if let Err(e) = self.stop.write(1) {
+            tracing::error!(error = %e, "signalling a device worker to stop");
+            return;
+        }
+        if thread.join().is_err() {
+            tracing::error!("a device worker panicked");
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn worker_sees_its_fds_and_stops() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let theirs = evt.try_clone().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut worker = Worker::spawn("test-worker", move |mut waiter| {
+            waiter.add(theirs.as_raw_fd(), 7, EventSet::IN).unwrap();
+            loop {
+                for (token, _) in waiter.wait(-1).unwrap() {
+                    if token == STOP_TOKEN {
+                        return;
+                    }
+                    theirs.read().unwrap();
+                    tx.send(token).unwrap();
+                }
+            }
+        })
+        .unwrap();
+        evt.write(1).unwrap();
+        assert_eq!(rx.recv().unwrap(), 7);
+        worker.stop();
+        assert!(rx.recv().is_err(), "the worker ended and dropped its sender");
+    }
+}
