@@ -123,8 +123,9 @@ pub fn initrd_addr(mem_size: u64, kernel_end: u64, size: u64) -> Option<u64> {
     (addr >= kernel_end).then_some(addr)
 }
 
-/// Builds the PVH start info for a memory map, an optional initrd (addr, size) and a cmdline.
-pub fn start_info(memmap_entries: u32, initrd: Option<(u64, u64)>) -> hvm_start_info {
+/// Builds the PVH start info for a memory map, an optional initrd (addr, size), the
+/// cmdline and the ACPI RSDP's address.
+pub fn start_info(memmap_entries: u32, initrd: Option<(u64, u64)>, rsdp: u64) -> hvm_start_info {
     hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
@@ -133,6 +134,7 @@ pub fn start_info(memmap_entries: u32, initrd: Option<(u64, u64)>) -> hvm_start_
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: MEMMAP_ADDR,
         memmap_entries,
+        rsdp_paddr: rsdp,
         ..Default::default()
     }
 }
@@ -156,6 +158,7 @@ pub fn load(
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
+    rsdp: u64,
 ) -> Result<BootInfo, BootError> {
     let mut file =
         File::open(kernel).map_err(|e| BootError::Read(kernel.display().to_string(), e))?;
@@ -196,7 +199,11 @@ pub fn load(
         let at = MEMMAP_ADDR + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
         write(mem, *entry, at)?;
     }
-    write(mem, start_info(map.len() as u32, initrd), START_INFO_ADDR)?;
+    write(
+        mem,
+        start_info(map.len() as u32, initrd, rsdp),
+        START_INFO_ADDR,
+    )?;
     for (i, entry) in GDT.iter().enumerate() {
         write(mem, *entry, GDT_ADDR + 8 * i as u64)?;
     }
@@ -252,7 +259,7 @@ mod tests {
     #[test]
     fn start_info_layout() {
         assert_eq!(std::mem::size_of::<hvm_start_info>(), 56);
-        let si = start_info(2, Some((0x100_0000, 10)));
+        let si = start_info(2, Some((0x100_0000, 10)), 0xe_0000);
         assert_eq!(
             (si.magic, si.version, si.nr_modules),
             (XEN_HVM_START_MAGIC, 1, 1)
@@ -261,8 +268,9 @@ mod tests {
             (si.modlist_paddr, si.memmap_paddr, si.memmap_entries),
             (MODLIST_ADDR, MEMMAP_ADDR, 2)
         );
-        assert_eq!(start_info(2, None).nr_modules, 0);
-        assert_eq!(start_info(2, None).modlist_paddr, 0);
+        assert_eq!(si.rsdp_paddr, 0xe_0000);
+        assert_eq!(start_info(2, None, 0).nr_modules, 0);
+        assert_eq!(start_info(2, None, 0).modlist_paddr, 0);
     }
 
     #[test]

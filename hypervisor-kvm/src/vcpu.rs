@@ -1,15 +1,15 @@
 //! The boot vCPU: CPUID, LAPIC, PVH entry registers (32-bit protected mode, paging off), and
 //! the run loop.
 
-use std::io::Write;
-
 use kvm_bindings::{
     kvm_segment, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::boot::{BootInfo, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, TSS_SELECTOR};
-use crate::pio::{PioAction, PioBus, RateLimit};
+use crate::bus::Bus;
+use crate::pio::{PioAction, RateLimit};
+use crate::runstate::RunControl;
 use crate::vm::Vm;
 
 const CR0_PE: u64 = 1;
@@ -42,6 +42,8 @@ pub enum GuestExit {
     Reset,
     /// HLT reached userspace (only without an in-kernel LAPIC).
     Halted,
+    /// The vmm stopped the vCPU (shutdown through the control API).
+    Stopped,
 }
 
 fn kvm<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VcpuError> {
@@ -76,9 +78,15 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
     }
 }
 
-/// Creates vCPU 0 and puts it at the PVH entry point.
-pub fn create_boot_vcpu(vm: &Vm, boot: BootInfo) -> Result<VcpuFd, VcpuError> {
-    let vcpu = kvm("KVM_CREATE_VCPU", vm.fd.create_vcpu(0))?;
+/// Creates vCPU `id` of `count`. The boot vCPU (`boot` given) starts at the PVH entry
+/// point; the others wait for the INIT/SIPI the guest sends through the in-kernel LAPIC.
+pub fn create_vcpu(
+    vm: &Vm,
+    id: u8,
+    count: u8,
+    boot: Option<BootInfo>,
+) -> Result<VcpuFd, VcpuError> {
+    let vcpu = kvm("KVM_CREATE_VCPU", vm.fd.create_vcpu(u64::from(id)))?;
 
     let mut cpuid = kvm(
         "KVM_GET_SUPPORTED_CPUID",
@@ -86,12 +94,14 @@ pub fn create_boot_vcpu(vm: &Vm, boot: BootInfo) -> Result<VcpuFd, VcpuError> {
     )?;
     for entry in cpuid.as_mut_slice() {
         match entry.function {
-            // Initial APIC ID 0, one logical CPU; we run under a hypervisor (enables kvmclock).
+            // Initial APIC ID, logical CPU count; we run under a hypervisor (enables kvmclock).
             1 => {
-                entry.ebx = (entry.ebx & 0x0000_ffff) | (1 << 16);
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 entry.ecx |= CPUID_HYPERVISOR_BIT;
             }
-            0xb | 0x1f => entry.edx = 0,
+            // x2APIC ID in the topology leaves.
+            0xb | 0x1f => entry.edx = u32::from(id),
             _ => {}
         }
     }
@@ -103,6 +113,7 @@ pub fn create_boot_vcpu(vm: &Vm, boot: BootInfo) -> Result<VcpuFd, VcpuError> {
     set_lvt_mode(&mut lapic.regs, APIC_LVT_LINT1, APIC_MODE_NMI);
     kvm("KVM_SET_LAPIC", vcpu.set_lapic(&lapic))?;
 
+    let Some(boot) = boot else { return Ok(vcpu) };
     let mut sregs = kvm("KVM_GET_SREGS", vcpu.get_sregs())?;
     sregs.cs = flat_segment(CODE_SELECTOR, GDT[1]);
     let data = flat_segment(DATA_SELECTOR, GDT[2]);
@@ -126,12 +137,14 @@ pub fn create_boot_vcpu(vm: &Vm, boot: BootInfo) -> Result<VcpuFd, VcpuError> {
     Ok(vcpu)
 }
 
-/// Runs the vCPU until the guest stops. Guest-triggerable oddities are logged (rate-limited)
-/// and ignored.
-pub fn run<W: Write>(vcpu: &mut VcpuFd, bus: &mut PioBus<W>) -> Result<GuestExit, VcpuError> {
-    let mut mmio = RateLimit::default();
+/// Runs the vCPU until the guest stops or `control` stops it; parks while the VM is created
+/// or paused. Guest-triggerable oddities are logged (rate-limited) and ignored.
+pub fn run(vcpu: &mut VcpuFd, bus: &Bus, control: &RunControl) -> Result<GuestExit, VcpuError> {
     let mut other = RateLimit::default();
     loop {
+        if !control.checkpoint() {
+            return Ok(GuestExit::Stopped);
+        }
         let exit = match vcpu.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
@@ -139,22 +152,13 @@ pub fn run<W: Write>(vcpu: &mut VcpuFd, bus: &mut PioBus<W>) -> Result<GuestExit
         };
         match exit {
             VcpuExit::IoOut(port, data) => {
-                if bus.write(port, data) == PioAction::Reset {
+                if bus.pio_write(port, data) == PioAction::Reset {
                     return Ok(GuestExit::Reset);
                 }
             }
-            VcpuExit::IoIn(port, data) => bus.read(port, data),
-            VcpuExit::MmioRead(addr, data) => {
-                data.fill(0);
-                if mmio.hit() {
-                    tracing::debug!(addr, len = data.len(), "unhandled MMIO read");
-                }
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                if mmio.hit() {
-                    tracing::debug!(addr, ?data, "unhandled MMIO write");
-                }
-            }
+            VcpuExit::IoIn(port, data) => bus.pio_read(port, data),
+            VcpuExit::MmioRead(addr, data) => bus.mmio_read(addr, data),
+            VcpuExit::MmioWrite(addr, data) => bus.mmio_write(addr, data),
             VcpuExit::Hlt => return Ok(GuestExit::Halted),
             VcpuExit::Shutdown => return Ok(GuestExit::Shutdown),
             VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => return Ok(GuestExit::Reset),

@@ -51,7 +51,9 @@ fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
     device
         .queue_max_sizes()
         .iter()
-        .map(|&max| Queue::new(max).unwrap_or_else(|_| Queue::new(256).expect("256 is a valid queue size")))
+        .map(|&max| {
+            Queue::new(max).unwrap_or_else(|_| Queue::new(256).expect("256 is a valid queue size"))
+        })
         .collect()
 }
 
@@ -106,7 +108,12 @@ impl MmioTransport {
 
     fn complain(&mut self, what: &str, offset: u64, value: u64) {
         if self.complaints.hit() {
-            tracing::warn!(device = self.device.name(), offset, value, "ignored guest access: {what}");
+            tracing::warn!(
+                device = self.device.name(),
+                offset,
+                value,
+                "ignored guest access: {what}"
+            );
         }
     }
 
@@ -122,7 +129,11 @@ impl MmioTransport {
         }
         if data.len() != 4 {
             data.fill(0);
-            self.complain("register read that is not 32-bit", offset, data.len() as u64);
+            self.complain(
+                "register read that is not 32-bit",
+                offset,
+                data.len() as u64,
+            );
             return;
         }
         let value = match offset {
@@ -138,8 +149,14 @@ impl MmioTransport {
                     _ => 0,
                 }
             }
-            0x34 => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.max_size())),
-            0x44 => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.ready())),
+            0x34 => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            0x44 => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt.status(),
             0x70 => self.status,
             0xfc => self.config_generation,
@@ -162,7 +179,11 @@ impl MmioTransport {
             return;
         }
         let Ok(raw) = <[u8; 4]>::try_from(data) else {
-            self.complain("register write that is not 32-bit", offset, data.len() as u64);
+            self.complain(
+                "register write that is not 32-bit",
+                offset,
+                data.len() as u64,
+            );
             return;
         };
         let value = u32::from_le_bytes(raw);
@@ -175,25 +196,39 @@ impl MmioTransport {
             0x50 => self.notify(value),
             0x64 => self.interrupt.ack(value),
             0x70 => self.set_status(value),
-            0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if !queue_setup => {
-                self.complain("queue setup outside FEATURES_OK..DRIVER_OK", offset, u64::from(value))
-            }
+            0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if !queue_setup => self.complain(
+                "queue setup outside FEATURES_OK..DRIVER_OK",
+                offset,
+                u64::from(value),
+            ),
             0x38 => self.set_queue_size(value),
             0x44 => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(value == 1);
                 } else {
-                    self.complain("QueueReady for a queue that does not exist", offset, u64::from(value));
+                    self.complain(
+                        "QueueReady for a queue that does not exist",
+                        offset,
+                        u64::from(value),
+                    );
                 }
             }
             0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => self.set_queue_address(offset, value),
-            _ => self.complain("write to an unknown or read-only register", offset, u64::from(value)),
+            _ => self.complain(
+                "write to an unknown or read-only register",
+                offset,
+                u64::from(value),
+            ),
         }
     }
 
     fn set_driver_features(&mut self, value: u32) {
         if self.status & STATUS_FEATURES_OK != 0 || self.status & STATUS_DRIVER == 0 {
-            self.complain("DriverFeatures outside DRIVER..FEATURES_OK", 0x20, u64::from(value));
+            self.complain(
+                "DriverFeatures outside DRIVER..FEATURES_OK",
+                0x20,
+                u64::from(value),
+            );
             return;
         }
         let shift = match self.driver_features_sel {
@@ -207,20 +242,36 @@ impl MmioTransport {
 
     fn set_queue_size(&mut self, value: u32) {
         let Some(q) = self.queues.get_mut(self.queue_sel as usize) else {
-            return self.complain("QueueNum for a queue that does not exist", 0x38, u64::from(value));
+            return self.complain(
+                "QueueNum for a queue that does not exist",
+                0x38,
+                u64::from(value),
+            );
         };
         let max = q.max_size();
         match u16::try_from(value) {
             Ok(size) if size != 0 && size <= max && size.is_power_of_two() => q.set_size(size),
-            _ => self.complain("QueueNum not a power of two up to QueueNumMax", 0x38, u64::from(value)),
+            _ => self.complain(
+                "QueueNum not a power of two up to QueueNumMax",
+                0x38,
+                u64::from(value),
+            ),
         }
     }
 
     fn set_queue_address(&mut self, offset: u64, value: u32) {
         let Some(q) = self.queues.get_mut(self.queue_sel as usize) else {
-            return self.complain("queue address for a queue that does not exist", offset, u64::from(value));
+            return self.complain(
+                "queue address for a queue that does not exist",
+                offset,
+                u64::from(value),
+            );
         };
-        let (low, high) = if offset & 4 == 0 { (Some(value), None) } else { (None, Some(value)) };
+        let (low, high) = if offset & 4 == 0 {
+            (Some(value), None)
+        } else {
+            (None, Some(value))
+        };
         match offset & !4 {
             0x80 => q.set_desc_table_address(low, high),
             0x90 => q.set_avail_ring_address(low, high),
@@ -236,7 +287,11 @@ impl MmioTransport {
                     tracing::warn!(error = %e, "queue notify");
                 }
             }
-            _ => self.complain("QueueNotify for an inactive device or unknown queue", 0x50, u64::from(index)),
+            _ => self.complain(
+                "QueueNotify for an inactive device or unknown queue",
+                0x50,
+                u64::from(index),
+            ),
         }
     }
 
@@ -254,7 +309,11 @@ impl MmioTransport {
             let offered = self.device.features() | VIRTIO_F_VERSION_1;
             let unknown = self.driver_features & !offered;
             if unknown != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-                self.complain("driver features not offered, or no VERSION_1", 0x20, self.driver_features);
+                self.complain(
+                    "driver features not offered, or no VERSION_1",
+                    0x20,
+                    self.driver_features,
+                );
                 // FEATURES_OK is not set: the driver sees that and fails the device.
                 self.status = value & !STATUS_FEATURES_OK;
                 return;
@@ -272,12 +331,21 @@ impl MmioTransport {
     fn activate(&mut self) {
         for (i, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
-                self.complain("a ready queue's rings lie outside guest memory", 0x44, i as u64);
+                self.complain(
+                    "a ready queue's rings lie outside guest memory",
+                    0x44,
+                    i as u64,
+                );
                 self.status |= STATUS_FAILED;
                 return;
             }
         }
-        let queue_evts = match self.queue_evts.iter().map(EventFd::try_clone).collect::<std::io::Result<Vec<_>>>() {
+        let queue_evts = match self
+            .queue_evts
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()
+        {
             Ok(evts) => evts,
             Err(e) => {
                 tracing::error!(device = self.device.name(), error = %e, "cloning queue eventfds");
@@ -285,7 +353,9 @@ impl MmioTransport {
                 return;
             }
         };
-        let event_idx = self.driver_features & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = self.driver_features
+            & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            != 0;
         // The device owns the configured queues from now on; the transport keeps fresh ones
         // (not ready) until the next reset.
         let fresh = new_queues(self.device.as_ref());
@@ -303,7 +373,11 @@ impl MmioTransport {
         match self.device.activate(activation) {
             Ok(()) => {
                 self.active = true;
-                tracing::debug!(device = self.device.name(), features = self.driver_features, "activated");
+                tracing::debug!(
+                    device = self.device.name(),
+                    features = self.driver_features,
+                    "activated"
+                );
             }
             Err(e) => {
                 tracing::error!(device = self.device.name(), error = %e, "activation failed");

@@ -60,7 +60,10 @@ pub struct Interrupt {
 impl Interrupt {
     /// An interrupt that signals `evt` (registered as an irqfd by the VMM).
     pub fn new(evt: EventFd) -> Self {
-        Self { status: AtomicU32::new(0), evt }
+        Self {
+            status: AtomicU32::new(0),
+            evt,
+        }
     }
 
     /// Tells the driver that used buffers are waiting.

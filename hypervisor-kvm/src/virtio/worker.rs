@@ -17,24 +17,30 @@ pub struct Waiter {
 
 impl Waiter {
     fn new(stop: &EventFd) -> std::io::Result<Self> {
-        let mut waiter = Self { epoll: Epoll::new()?, events: vec![EpollEvent::default(); 32] };
+        let mut waiter = Self {
+            epoll: Epoll::new()?,
+            events: vec![EpollEvent::default(); 32],
+        };
         waiter.add(stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
         Ok(waiter)
     }
 
     /// Watches `fd` for `events`, reporting it as `token`.
     pub fn add(&mut self, fd: RawFd, token: u64, events: EventSet) -> std::io::Result<()> {
-        self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
     }
 
     /// Changes what `fd` is watched for.
     pub fn modify(&mut self, fd: RawFd, token: u64, events: EventSet) -> std::io::Result<()> {
-        self.epoll.ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+        self.epoll
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
     }
 
     /// Stops watching `fd`.
     pub fn remove(&mut self, fd: RawFd) -> std::io::Result<()> {
-        self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
     }
 
     /// Waits (at most `timeout_ms`, -1 for ever) and returns the ready tokens with their
@@ -68,13 +74,20 @@ impl Worker {
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let waiter = Waiter::new(&stop)?;
-        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || body(waiter))?;
-        Ok(Self { stop, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || body(waiter))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Signals the worker to stop and waits for it.
     pub fn stop(&mut self) {
-        let Some(thread) = self.thread.take() else { return };
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         if let Err(e) = self.stop.write(1) {
             tracing::error!(error = %e, "signalling a device worker to stop");
             return;
@@ -117,6 +130,9 @@ mod tests {
         evt.write(1).unwrap();
         assert_eq!(rx.recv().unwrap(), 7);
         worker.stop();
-        assert!(rx.recv().is_err(), "the worker ended and dropped its sender");
+        assert!(
+            rx.recv().is_err(),
+            "the worker ended and dropped its sender"
+        );
     }
 }

@@ -1,0 +1,296 @@
+//! The VM's run state, shared by the vCPU threads and the control API: vCPUs park while the
+//! VM is created (not started) or paused, and leave their loop when it stops.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// The state of the VM as the control API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Built, vCPUs not started yet.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked.
+    Paused,
+    /// Shutting down: vCPUs leave their loops.
+    Stopping,
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+        })
+    }
+}
+
+impl VmState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => VmState::Created,
+            1 => VmState::Running,
+            2 => VmState::Paused,
+            _ => VmState::Stopping,
+        }
+    }
+}
+
+/// Errors of state changes.
+#[derive(Debug, thiserror::Error)]
+pub enum RunStateError {
+    /// The change is not allowed from the current state.
+    #[error("cannot {action}: the VM is {state}")]
+    Wrong {
+        /// What was asked.
+        action: &'static str,
+        /// The state it was in.
+        state: VmState,
+    },
+    /// Not every vCPU parked in time.
+    #[error(
+        "only {parked} of {total} vCPUs paused within {0:?}",
+        Self::PAUSE_TIMEOUT
+    )]
+    PauseTimeout {
+        /// vCPUs parked.
+        parked: usize,
+        /// vCPUs in total.
+        total: usize,
+    },
+}
+
+impl RunStateError {
+    const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+}
+
+struct Inner {
+    parked: usize,
+    /// The vCPU threads' ids, kicked with a signal to leave KVM_RUN.
+    threads: Vec<libc::pthread_t>,
+}
+
+/// Shared run state. The fast path (running) is one atomic load per vCPU exit.
+pub struct RunControl {
+    state: AtomicU8,
+    inner: Mutex<Inner>,
+    cond: Condvar,
+    vcpus: usize,
+    kick_signal: libc::c_int,
+}
+
+impl RunControl {
+    /// A control for `vcpus` vCPUs, kicked with `kick_signal` (whose handler must be a
+    /// no-op installed without `SA_RESTART`).
+    pub fn new(vcpus: usize, kick_signal: libc::c_int) -> Self {
+        Self {
+            state: AtomicU8::new(VmState::Created as u8),
+            inner: Mutex::new(Inner {
+                parked: 0,
+                threads: Vec::new(),
+            }),
+            cond: Condvar::new(),
+            vcpus,
+            kick_signal,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current state.
+    pub fn state(&self) -> VmState {
+        VmState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    fn set(&self, state: VmState) {
+        self.state.store(state as u8, Ordering::SeqCst);
+        self.cond.notify_all();
+    }
+
+    /// Records a vCPU thread so that pause and stop can kick it.
+    pub fn register_thread(&self, thread: libc::pthread_t) {
+        self.lock().threads.push(thread);
+    }
+
+    /// Called by a vCPU before each KVM_RUN: returns at once while running, parks while
+    /// created or paused, and returns false when the vCPU must leave its loop.
+    pub fn checkpoint(&self) -> bool {
+        match self.state() {
+            VmState::Running => return true,
+            VmState::Stopping => return false,
+            _ => {}
+        }
+        let mut inner = self.lock();
+        inner.parked += 1;
+        self.cond.notify_all();
+        loop {
+            match self.state() {
+                VmState::Running | VmState::Stopping => break,
+                _ => inner = self.cond.wait(inner).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+        inner.parked -= 1;
+        self.state() == VmState::Running
+    }
+
+    fn kick_all(&self, inner: &Inner) {
+        for &thread in &inner.threads {
+            // SAFETY: `thread` is a vCPU thread that the vmm has not joined yet (threads are
+            // joined only after `stop`, which takes this lock and ends all kicking), so the
+            // id is valid; the signal has a no-op handler.
+            let rc = unsafe { libc::pthread_kill(thread, self.kick_signal) };
+            if rc != 0 && rc != libc::ESRCH {
+                tracing::warn!(rc, "kicking a vCPU thread");
+            }
+        }
+    }
+
+    /// Created → running.
+    pub fn start(&self) -> Result<(), RunStateError> {
+        let _inner = self.lock();
+        match self.state() {
+            VmState::Created => {
+                self.set(VmState::Running);
+                Ok(())
+            }
+            state => Err(RunStateError::Wrong {
+                action: "start",
+                state,
+            }),
+        }
+    }
+
+    /// Running → paused; returns once every vCPU has left KVM_RUN and parked.
+    pub fn pause(&self) -> Result<(), RunStateError> {
+        let mut inner = self.lock();
+        match self.state() {
+            VmState::Running => self.set(VmState::Paused),
+            state => {
+                return Err(RunStateError::Wrong {
+                    action: "pause",
+                    state,
+                })
+            }
+        }
+        let deadline = Instant::now() + RunStateError::PAUSE_TIMEOUT;
+        while inner.parked < self.vcpus {
+            let now = Instant::now();
+            if now >= deadline {
+                let parked = inner.parked;
+                drop(inner);
+                self.set(VmState::Running);
+                return Err(RunStateError::PauseTimeout {
+                    parked,
+                    total: self.vcpus,
+                });
+            }
+            // A kick can land just before a vCPU enters KVM_RUN and be lost: repeat it.
+            self.kick_all(&inner);
+            let wait = (deadline - now).min(Duration::from_millis(10));
+            inner = self
+                .cond
+                .wait_timeout(inner, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Paused → running.
+    pub fn resume(&self) -> Result<(), RunStateError> {
+        let _inner = self.lock();
+        match self.state() {
+            VmState::Paused => {
+                self.set(VmState::Running);
+                Ok(())
+            }
+            state => Err(RunStateError::Wrong {
+                action: "resume",
+                state,
+            }),
+        }
+    }
+
+    /// Any state → stopping; kicks the vCPUs out of KVM_RUN (repeatedly, until `done`
+    /// returns true or `timeout` passes). Returns whether `done` became true.
+    pub fn stop(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
+        let inner = self.lock();
+        self.set(VmState::Stopping);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.kick_all(&inner);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn transitions_are_checked() {
+        let rc = RunControl::new(0, libc::SIGUSR2);
+        assert!(matches!(
+            rc.pause(),
+            Err(RunStateError::Wrong {
+                action: "pause",
+                state: VmState::Created
+            })
+        ));
+        assert!(rc.resume().is_err());
+        rc.start().unwrap();
+        assert!(rc.start().is_err());
+        rc.pause().unwrap();
+        assert_eq!(rc.state(), VmState::Paused);
+        rc.resume().unwrap();
+        assert!(rc.stop(Duration::from_millis(10), || true));
+        assert_eq!(rc.state(), VmState::Stopping);
+        assert!(rc.start().is_err());
+    }
+
+    #[test]
+    fn vcpus_park_until_started_and_leave_on_stop() {
+        let rc = Arc::new(RunControl::new(1, libc::SIGUSR2));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let vcpu = {
+            let rc = rc.clone();
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                while rc.checkpoint() {
+                    runs += 1;
+                    tx.send(runs).unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rx.try_recv().is_err(), "a created VM's vCPU does not run");
+        rc.start().unwrap();
+        rx.recv().unwrap();
+        rc.pause().unwrap();
+        while rx.try_recv().is_ok() {}
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rx.try_recv().is_err(), "a paused VM's vCPU does not run");
+        rc.resume().unwrap();
+        rx.recv().unwrap();
+        assert!(rc.stop(Duration::from_secs(2), || vcpu.is_finished()));
+        vcpu.join().unwrap();
+    }
+}
