@@ -7,6 +7,7 @@ pub mod api;
 pub mod boot;
 pub mod bus;
 pub mod daemon;
+pub mod devices;
 pub mod layout;
 pub mod memory;
 pub mod pio;
