@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod host_agent;
+pub mod kvm;
 pub mod oci;
 pub mod qemu;
 pub mod sandbox;

@@ -1,6 +1,7 @@
 //! A runtime for the Sandbox API tests: a config file in a private temporary directory
-//! (filesystem metadata store, QEMU hypervisor, state and VM directories inside it) that a
-//! second process can load too, and checks that a deleted sandbox left nothing behind.
+//! (filesystem metadata store, the QEMU or the KVM hypervisor plugin, state and VM directories
+//! inside it) that a second process can load too, and checks that a deleted sandbox left
+//! nothing behind.
 
 use crate::qemu::GuestImage;
 use runtime_core::sandbox::{ContainerConfig, DiskConfig, ProcessConfig, RootfsConfig, Runtime, SandboxConfig};
@@ -14,16 +15,45 @@ pub struct TestRuntime {
     pub config: PathBuf,
     /// The runtime.
     pub runtime: Runtime,
+    /// Its hypervisor plugin.
+    pub hypervisor: Hypervisor,
 }
 
-/// Writes the config for `image` under `dir`.
+/// The hypervisor plugin a test runs on: the end-to-end suite runs once on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hypervisor {
+    /// `qemu` (TCG here), booting the bzImage.
+    Qemu,
+    /// `kvm`, our vmm, booting the ELF vmlinux through PVH.
+    Kvm,
+}
+
+impl Hypervisor {
+    /// The guest image for this hypervisor's tests, or `None` after saying why they skip.
+    pub fn image_or_skip(self) -> Option<GuestImage> {
+        match self {
+            Hypervisor::Qemu => crate::qemu::image_or_skip(),
+            Hypervisor::Kvm => crate::kvm::image_or_skip(),
+        }
+    }
+}
+
+/// Writes the config for `image` under `dir`, on the QEMU plugin.
 pub fn write_config(dir: &Path, image: &GuestImage) -> PathBuf {
+    write_config_for(dir, image, Hypervisor::Qemu)
+}
+
+/// Writes the config for `image` under `dir`, on hypervisor `hv`.
+pub fn write_config_for(dir: &Path, image: &GuestImage, hv: Hypervisor) -> PathBuf {
     let config = dir.join("config.toml");
+    let hypervisor = match hv {
+        Hypervisor::Qemu => format!("plugin = \"qemu\"\nkernel = {:?}", image.vmlinuz),
+        Hypervisor::Kvm => format!("plugin = \"kvm\"\nkernel = {:?}\nvmm = {:?}", image.vmlinux, crate::kvm::vmm_binary()),
+    };
     let text = format!(
         "[storage]\nplugin = \"fs\"\npath = \"metadata\"\n\n\
-         [hypervisor]\nplugin = \"qemu\"\nkernel = {:?}\ninitrd = {:?}\nmemory_mib = 512\nrun_dir = {:?}\n\n\
+         [hypervisor]\n{hypervisor}\ninitrd = {:?}\nmemory_mib = 512\nrun_dir = {:?}\n\n\
          [runtime]\nstate_dir = \"state\"\nboot_timeout_s = 300\nstop_timeout_s = 5\n",
-        image.vmlinuz,
         image.initramfs,
         dir.join("vms"),
     );
@@ -32,12 +62,43 @@ pub fn write_config(dir: &Path, image: &GuestImage) -> PathBuf {
 }
 
 impl TestRuntime {
-    /// A fresh runtime for `image`.
+    /// A fresh runtime for `image` on the QEMU plugin.
     pub fn new(image: &GuestImage) -> TestRuntime {
+        TestRuntime::on(image, Hypervisor::Qemu)
+    }
+
+    /// A fresh runtime for `image` on hypervisor `hv`.
+    pub fn on(image: &GuestImage, hv: Hypervisor) -> TestRuntime {
         let dir = crate::private_dir();
-        let config = write_config(dir.path(), image);
+        let config = write_config_for(dir.path(), image, hv);
         let runtime = Runtime::from_file(&config).unwrap_or_else(|e| panic!("runtime from {}: {e}", config.display()));
-        TestRuntime { dir, config, runtime }
+        TestRuntime { dir, config, runtime, hypervisor: hv }
+    }
+
+    /// The VM directory of sandbox `id` (the plugins' `run_dir` is `<dir>/vms`).
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join("vms").join(id)
+    }
+
+    /// The pid of the process running sandbox `id`'s VM (QEMU or vmm): the live process
+    /// whose arguments name a file in its VM directory.
+    pub fn vm_pid(&self, id: &str) -> Option<i32> {
+        let wanted = format!("{}/", self.vm_dir(id).display());
+        live_processes().into_iter().find(|(_, args)| args.iter().any(|a| a.contains(&wanted))).map(|(pid, _)| pid)
+    }
+
+    /// Freezes sandbox `id`'s vCPUs behind the runtime's back (QMP `stop`, or the vmm API's
+    /// `pause`): the VM lives, its agent cannot answer.
+    pub fn freeze_behind_the_runtime(&self, id: &str) {
+        match self.hypervisor {
+            Hypervisor::Qemu => {
+                qmp(self, id, "stop").expect("QMP stop");
+            }
+            Hypervisor::Kvm => {
+                let socket = self.vm_dir(id).join("api.sock");
+                hypervisor_kvm::api::client::request(&socket, "pause", std::time::Duration::from_secs(10)).expect("vmm API pause");
+            }
+        }
     }
 
     /// Asserts that nothing of sandbox `id` remains: no record, no state or VM directory, no
@@ -51,19 +112,20 @@ impl TestRuntime {
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         assert!(!records.iter().any(|r| r.contains(id)), "records left: {records:?}");
-        if let Some(pid) = qemu_pid(id) {
+        if let Some(pid) = self.vm_pid(id) {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            panic!("QEMU of sandbox {id} still runs: {stat}");
+            panic!("the VM of sandbox {id} still runs: {stat}");
         }
     }
 }
 
 impl Drop for TestRuntime {
-    /// Kills the VMs a failed test left running (their QEMU runs from this runtime's
+    /// Kills the VMs a failed test left running (their QEMU or vmm runs from this runtime's
     /// directory), so one failure does not leave processes behind.
     fn drop(&mut self) {
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let ours = |args: &Vec<String>| args.first().is_some_and(|a| a.contains("qemu-system")) && args.iter().any(|a| a.contains(&dir));
+        let vmm = |a: &String| a.contains("qemu-system") || a.ends_with("/vmm");
+        let ours = |args: &Vec<String>| args.first().is_some_and(vmm) && args.iter().any(|a| a.contains(&dir));
         for (pid, _) in live_processes().into_iter().filter(|(_, args)| ours(args)) {
             // SAFETY: kill(2) with plain integers, on a QEMU this runtime started.
             unsafe { libc::kill(pid, libc::SIGKILL) };

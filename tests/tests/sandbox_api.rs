@@ -1,10 +1,13 @@
-//! The Sandbox API end to end (tier 3): real VMs under QEMU/TCG through the QEMU hypervisor
-//! plugin, the filesystem metadata store, the guest agent and busybox containers. Every
-//! function of the seed's management, operation and relay tables is called and its effect
-//! checked; so are the hotplug functions (the device ones are not supported yet).
+//! The Sandbox API end to end: real VMs, the filesystem metadata store, the guest agent and
+//! busybox containers. Every function of the seed's management, operation and relay tables is
+//! called and its effect checked; so are the hotplug functions (the device ones are not
+//! supported yet).
+//!
+//! One suite, run on both hypervisor plugins: each test is a function of the hypervisor and
+//! runs as `<test>::qemu` (QEMU/TCG, tier 3) and `<test>::kvm` (our vmm; it needs a `/dev/kvm`
+//! that boots Linux, so here it runs in the nested L1 of `cargo xtask nested-test`, tier 4).
 
-use integration_tests::qemu::image_or_skip;
-use integration_tests::sandbox::{container, qmp, qemu_pid, sandbox, TestRuntime};
+use integration_tests::sandbox::{container, sandbox, Hypervisor, TestRuntime};
 use runtime_core::sandbox::{
     ContainerState, MonitorEvent, OutputReader, ProcessConfig, SandboxError, SandboxState, StateError,
 };
@@ -12,7 +15,32 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 
+use hypervisor_kvm as _;
 use hypervisor_qemu as _;
+
+/// Runs test function `$name` once per hypervisor, as `$name::qemu` and `$name::kvm`.
+macro_rules! on_both_hypervisors {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn qemu() {
+                super::$name(super::Hypervisor::Qemu).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn kvm() {
+                super::$name(super::Hypervisor::Kvm).await
+            }
+        }
+    )*};
+}
+
+on_both_hypervisors!(
+    every_operation_on_one_sandbox,
+    killed_between_create_and_start_then_finished_by_another_process,
+    two_processes_operate_on_one_sandbox_at_once,
+    monitor_reports_a_vm_killed_with_sigkill,
+    monitor_reports_an_agent_that_stops_answering,
+);
 use storage_fs as _;
 
 /// Reads `reader` until `needle` appears; returns everything read.
@@ -38,10 +66,9 @@ fn state_error(e: SandboxError) -> StateError {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_operation_on_one_sandbox() {
-    let Some(image) = image_or_skip() else { return };
-    let t = TestRuntime::new(&image);
+async fn every_operation_on_one_sandbox(hv: Hypervisor) {
+    let Some(image) = hv.image_or_skip() else { return };
+    let t = TestRuntime::on(&image, hv);
     let rt = &t.runtime;
     let config = sandbox(
         "api",
@@ -172,7 +199,7 @@ async fn every_operation_on_one_sandbox() {
     sb.stop(false).await.expect("Stop");
     let status = rt.status_sandbox("api").await.expect("status stopped");
     assert_eq!((status.state, status.vm_status.as_str()), (SandboxState::Stopped, "stopped"));
-    assert_eq!(qemu_pid("api"), None);
+    assert_eq!(t.vm_pid("api"), None);
     assert!(state_error(sb.pause().await.unwrap_err()).to_string().contains("cannot pause sandbox api: it is stopped"));
     let sb = rt.start_sandbox("api").await.expect("StartSandbox from stopped");
     let mut io = sb.io_stream("c1", "c1").await.expect("IOStream after restart");
@@ -196,10 +223,9 @@ fn child(t: &TestRuntime, role: &str, arg: &str) -> Command {
     cmd
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_between_create_and_start_then_finished_by_another_process() {
-    let Some(image) = image_or_skip() else { return };
-    let t = TestRuntime::new(&image);
+async fn killed_between_create_and_start_then_finished_by_another_process(hv: Hypervisor) {
+    let Some(image) = hv.image_or_skip() else { return };
+    let t = TestRuntime::on(&image, hv);
     let config = sandbox("handover", &image, vec![container("c1", "echo started by the second process")]);
     let mut creator = tokio::process::Command::from(child(&t, "create", &serde_json::to_string(&config).expect("json"))).spawn().expect("spawning the creator");
     let mut lines = tokio::io::BufReader::new(creator.stdout.take().expect("stdout")).lines();
@@ -231,10 +257,9 @@ async fn killed_between_create_and_start_then_finished_by_another_process() {
     t.assert_nothing_left("handover");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_processes_operate_on_one_sandbox_at_once() {
-    let Some(image) = image_or_skip() else { return };
-    let t = TestRuntime::new(&image);
+async fn two_processes_operate_on_one_sandbox_at_once(hv: Hypervisor) {
+    let Some(image) = hv.image_or_skip() else { return };
+    let t = TestRuntime::on(&image, hv);
     let config = sandbox("shared", &image, vec![container("c1", "echo up; while :; do sleep 1; done")]);
     let sb = t.runtime.run_sandbox(config).await.expect("RunSandbox");
     // This process holds an output stream (an agent channel) the whole time.
@@ -263,14 +288,13 @@ async fn two_processes_operate_on_one_sandbox_at_once() {
     t.assert_nothing_left("shared");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn monitor_reports_a_vm_killed_with_sigkill() {
-    let Some(image) = image_or_skip() else { return };
-    let t = TestRuntime::new(&image);
+async fn monitor_reports_a_vm_killed_with_sigkill(hv: Hypervisor) {
+    let Some(image) = hv.image_or_skip() else { return };
+    let t = TestRuntime::on(&image, hv);
     let sb = t.runtime.create_sandbox(sandbox("doomed", &image, vec![])).await.expect("CreateSandbox");
     let mut monitor = sb.monitor().await.expect("Monitor");
-    let pid = qemu_pid("doomed").expect("QEMU runs");
-    // SAFETY: kill(2) on the QEMU process this test started, found by its -name.
+    let pid = t.vm_pid("doomed").expect("the VM runs");
+    // SAFETY: kill(2) on the VM process this test started, found by its VM directory.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let event = tokio::time::timeout(Duration::from_secs(30), monitor.next()).await.expect("Monitor reported nothing within 30 s");
     assert_eq!(event, Some(MonitorEvent::VmDied { vm_status: "dead".into() }));
@@ -279,10 +303,9 @@ async fn monitor_reports_a_vm_killed_with_sigkill() {
     t.assert_nothing_left("doomed");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn monitor_reports_an_agent_that_stops_answering() {
-    let Some(image) = image_or_skip() else { return };
-    let t = TestRuntime::new(&image);
+async fn monitor_reports_an_agent_that_stops_answering(hv: Hypervisor) {
+    let Some(image) = hv.image_or_skip() else { return };
+    let t = TestRuntime::on(&image, hv);
     let sb = t.runtime.create_sandbox(sandbox("silent", &image, vec![])).await.expect("CreateSandbox");
     let mut monitor = sb.monitor().await.expect("Monitor");
     // Pausing the VM through the API is expected: no event.
@@ -290,10 +313,10 @@ async fn monitor_reports_an_agent_that_stops_answering() {
     assert!(tokio::time::timeout(Duration::from_secs(4), monitor.next()).await.is_err(), "an event for a pause made through the API");
     sb.resume().await.expect("resume");
     // Frozen behind the runtime's back: the VM lives, the agent cannot answer.
-    qmp(&t, "silent", "stop").expect("QMP stop");
+    t.freeze_behind_the_runtime("silent");
     let event = tokio::time::timeout(Duration::from_secs(60), monitor.next()).await.expect("Monitor reported nothing within 60 s");
     assert!(matches!(event, Some(MonitorEvent::AgentUnreachable { .. })), "{event:?}");
-    assert!(qemu_pid("silent").is_some(), "the VM is alive");
+    assert!(t.vm_pid("silent").is_some(), "the VM is alive");
     t.runtime.delete_sandbox("silent").await.expect("DeleteSandbox");
     t.assert_nothing_left("silent");
 }

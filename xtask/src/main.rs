@@ -6,6 +6,7 @@
 //! - `test`: installs what the tests need, builds the plugin libraries and runs the suite.
 //! - `bench`: runs the benchmarks (release build).
 //! - `nested`: boots a nested-KVM L1 under QEMU/TCG and runs a command in it.
+//! - `nested-test`: runs the hypervisor-kvm end-to-end tests in that L1.
 
 mod deps;
 mod guest;
@@ -22,6 +23,7 @@ fn main() {
         Some("test") => tasks::test(&args[1..]),
         Some("bench") => tasks::bench(&args[1..]),
         Some("nested") => nested::task(&args[1..]),
+        Some("nested-test") => nested::suite::task(&args[1..]),
         _ => usage(),
     };
     if let Err(e) = result {
@@ -31,5 +33,5 @@ fn main() {
 }
 
 fn usage() -> Result<()> {
-    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args] | nested [--timeout SECS] [-- COMMAND...]")
+    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args] | nested [--timeout SECS] [-- COMMAND...] | nested-test [--timeout SECS]")
 }

@@ -35,6 +35,12 @@ fn build_plugins(release: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+/// What the nested tier runs besides the test binaries: the vmm and the plugin libraries.
+pub fn build_for_nested() -> Result<()> {
+    run(cargo().args(["build", "-p", "hypervisor-kvm", "--bins"]))?;
+    build_plugins(false)
+}
+
 /// `cargo xtask guest`: builds the guest image, or finds it up to date.
 pub fn guest() -> Result<()> {
     let image = crate::guest::build(&target_dir()?)?;

@@ -10,6 +10,7 @@
 
 mod l1;
 mod run;
+pub mod suite;
 
 pub use run::run;
 

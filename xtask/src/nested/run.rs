@@ -31,6 +31,8 @@ pub struct Outcome {
     pub ran: Duration,
     /// Its exit status.
     pub status: i32,
+    /// The lines it printed (on the console between the markers).
+    pub output: Vec<String>,
 }
 
 enum Attempt {
@@ -86,6 +88,7 @@ fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
     let mut step = Step::Boot;
     let mut deadline = spawned + BOOT_TIMEOUT;
     let (mut boot, mut kvm) = (Duration::ZERO, false);
+    let mut output = Vec::new();
     let result = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
@@ -98,9 +101,10 @@ fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
                     deadline = Instant::now() + timeout;
                 } else if let Some(code) = line.strip_prefix("NESTED-EXIT ") {
                     let status = code.trim().parse().with_context(|| format!("bad exit line {line:?}"))?;
-                    break Attempt::Done(Outcome { boot, kvm, ran: spawned.elapsed() - boot, status });
+                    break Attempt::Done(Outcome { boot, kvm, ran: spawned.elapsed() - boot, status, output });
                 } else if step == Step::Command {
                     println!("{line}");
+                    output.push(line.clone());
                 }
                 tail.push(line);
                 if tail.len() > 30 {

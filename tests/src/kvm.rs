@@ -1,0 +1,43 @@
+//! What the hypervisor-kvm end-to-end tests need: a `/dev/kvm` that can boot a Linux guest
+//! (hardware virtualization, as in the nested L1 of `cargo xtask nested-test`), the `vmm`
+//! binary and the guest image.
+
+use crate::qemu::{guest_image, GuestImage};
+use std::path::PathBuf;
+
+/// Whether `/dev/kvm` can run a standard Linux guest: it opens read-write and the CPU has
+/// hardware virtualization (vmx or svm). This host's `/dev/kvm` (kvm_pvm) has neither flag
+/// and cannot boot a standard kernel (MACHINE-FACTS.md).
+pub fn hardware_kvm() -> bool {
+    let opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    opens && virt
+}
+
+/// The `vmm` binary of this build.
+pub fn vmm_binary() -> PathBuf {
+    crate::profile_dir().join("vmm")
+}
+
+/// The guest image for a hypervisor-kvm end-to-end test, or `None` after saying why it
+/// skips. Without hardware KVM the test cannot run on this machine at all (the nested tier
+/// runs it), so that skip is allowed even in strict mode; a missing `vmm` or image where
+/// KVM works fails under strict mode.
+pub fn image_or_skip() -> Option<GuestImage> {
+    if !hardware_kvm() {
+        eprintln!("SKIP: /dev/kvm cannot boot a Linux guest here (no vmx/svm); `cargo xtask nested-test` runs this test in a nested L1");
+        return None;
+    }
+    if crate::skip_unless(vmm_binary().exists(), "the vmm binary is not built: cargo build -p hypervisor-kvm") {
+        return None;
+    }
+    let image = guest_image();
+    if crate::skip_unless(image.is_some(), "no guest image: run `cargo xtask guest`") {
+        return None;
+    }
+    image
+}
