@@ -12,6 +12,7 @@ pub mod layout;
 pub mod memory;
 pub mod pio;
 pub mod runstate;
+pub mod seccomp;
 pub mod serial;
 pub mod vcpu;
 pub mod virtio;
@@ -66,6 +67,9 @@ pub enum VmmError {
     /// The run state.
     #[error("starting the vCPUs")]
     RunState(#[from] runstate::RunStateError),
+    /// Seccomp filters.
+    #[error("seccomp")]
+    Seccomp(#[from] seccomp::SeccompError),
     /// The control API.
     #[error("the control API")]
     Api(#[from] api::ApiError),

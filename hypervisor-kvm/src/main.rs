@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hypervisor_kvm::daemon::{daemonize, Readiness};
+use hypervisor_kvm::seccomp::SeccompMode;
 use hypervisor_kvm::{run, VmConfig};
 
 /// Boot an ELF vmlinux (PVH) on KVM.
@@ -43,6 +44,10 @@ struct Args {
     /// Write the vmm's pid here once the VM is built.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Seccomp filters on the vCPU and device threads: kill on a call outside the filter,
+    /// log it, or no filters.
+    #[arg(long, value_enum, default_value = "kill")]
+    seccomp: SeccompMode,
 }
 
 fn message(e: &dyn std::error::Error) -> String {
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         console_log: args.console_log,
         api_socket: args.api_socket,
         start_paused: args.paused,
+        seccomp: args.seccomp,
     };
     let pid_file = args.pid_file.clone();
     let mut readiness = readiness;

@@ -31,6 +31,9 @@ pub enum VcpuError {
     /// KVM reported an internal error (for example emulation failure).
     #[error("KVM_EXIT_INTERNAL_ERROR")]
     InternalError,
+    /// The vCPU thread could not install its seccomp filter.
+    #[error("installing the vCPU seccomp filter")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
 }
 
 /// Why the guest stopped.

@@ -19,6 +19,7 @@ use crate::bus::{Bus, MmioSlot};
 use crate::layout::{FIRST_DEVICE_GSI, MAX_DEVICES, MAX_VCPUS, MMIO_BASE};
 use crate::pio::PioBus;
 use crate::runstate::RunControl;
+use crate::seccomp::SeccompMode;
 use crate::serial::{self, SerialPort};
 use crate::vcpu::{self, GuestExit, VcpuError};
 use crate::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
@@ -47,6 +48,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Wait for the API's `start` instead of starting the vCPUs at once.
     pub start_paused: bool,
+    /// The seccomp filters of the vCPU and device threads.
+    pub seccomp: SeccompMode,
 }
 
 /// What the vCPU threads and the API tell the main thread.
@@ -131,6 +134,8 @@ pub fn run(
     vm.register_irqfd(&serial_evt, serial::COM1_IRQ)?;
     let bus = Arc::new(Bus::new(PioBus::new(serial), slots));
 
+    crate::seccomp::setup(config.seccomp)?;
+    crate::virtio::worker::start_spawner().map_err(VmmError::Thread)?;
     let kick = SIGRTMIN();
     register_signal_handler(kick, kick_handler).map_err(VmmError::Signal)?;
     let control = Arc::new(RunControl::new(usize::from(config.vcpus), kick));
@@ -206,7 +211,10 @@ fn spawn_vcpu(
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
-            let result = vcpu::run(&mut fd, &bus, &ctl);
+            let result = match crate::seccomp::apply_vcpu() {
+                Ok(()) => vcpu::run(&mut fd, &bus, &ctl),
+                Err(e) => Err(VcpuError::Seccomp(e)),
+            };
             let _ = events.send(Event::Vcpu(id, result));
         })
         .map_err(VmmError::Thread)?;

@@ -1,6 +1,13 @@
 //! The thread that serves an activated device's queues, and the epoll set it waits on.
+//!
+//! Devices are activated from a vCPU thread (the driver's `DRIVER_OK` write), whose seccomp
+//! filter allows no thread creation. So once [`start_spawner`] has run, [`Worker::spawn`]
+//! hands the spawning to an unfiltered spawner thread and waits for it; the new worker thread
+//! installs the device seccomp filter before it runs the device's code.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -58,6 +65,52 @@ impl Waiter {
     }
 }
 
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+static SPAWNER: OnceLock<Mutex<Sender<SpawnJob>>> = OnceLock::new();
+
+/// Starts the thread that spawns device workers on behalf of filtered threads. Call before
+/// the vCPUs start; later calls do nothing.
+pub fn start_spawner() -> std::io::Result<()> {
+    if SPAWNER.get().is_some() {
+        return Ok(());
+    }
+    let (tx, rx) = channel::<SpawnJob>();
+    std::thread::Builder::new().name("vmm-spawner".into()).spawn(move || {
+        for job in rx {
+            job();
+        }
+    })?;
+    let _ = SPAWNER.set(Mutex::new(tx));
+    Ok(())
+}
+
+fn spawn_thread<F>(name: &str, body: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let name = name.to_owned();
+    let run = move || {
+        if let Err(e) = crate::seccomp::apply_device() {
+            tracing::error!(error = %e, thread = %std::thread::current().name().unwrap_or("?"), "no seccomp filter: the device does not run");
+            return;
+        }
+        body()
+    };
+    let Some(spawner) = SPAWNER.get() else {
+        return std::thread::Builder::new().name(name).spawn(run);
+    };
+    let (reply_tx, reply_rx) = channel();
+    let job: SpawnJob = Box::new(move || {
+        let _ = reply_tx.send(std::thread::Builder::new().name(name).spawn(run));
+    });
+    let sent = spawner.lock().unwrap_or_else(|p| p.into_inner()).send(job);
+    if sent.is_err() {
+        return Err(std::io::Error::other("the worker spawner thread is gone"));
+    }
+    reply_rx.recv().map_err(|_| std::io::Error::other("the worker spawner thread did not answer"))?
+}
+
 /// A running device worker thread; stopping (or dropping) it signals the stop eventfd and
 /// joins the thread.
 pub struct Worker {
@@ -74,9 +127,7 @@ impl Worker {
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let waiter = Waiter::new(&stop)?;
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || body(waiter))?;
+        let thread = spawn_thread(name, move || body(waiter))?;
         Ok(Self {
             stop,
             thread: Some(thread),
