@@ -9,7 +9,6 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use super::disk::Disk;
 use super::metrics::BlockMetrics;
 use super::request::{status_byte, Request, RequestKind, Segment};
-use super::SECTOR_SIZE;
 use crate::pio::RateLimit;
 
 /// Looks at the available ring per call at most (so chains served per call at most), so that
@@ -135,9 +134,8 @@ fn execute(
     metrics: &BlockMetrics,
     log: &mut RateLimit,
 ) -> (u32, u64) {
-    let offset = request.sector * SECTOR_SIZE; // Checked by `Request::parse`.
     let result = match request.kind {
-        RequestKind::In => disk.read_into(mem, &request.data, offset).map(|()| {
+        RequestKind::In => disk.read_into(mem, &request.data, request.offset).map(|()| {
             BlockMetrics::inc(&metrics.reads);
             BlockMetrics::add(&metrics.read_bytes, request.data_len);
             request.data_len
@@ -149,7 +147,7 @@ fn execute(
             }
             return (VIRTIO_BLK_S_IOERR, 0);
         }
-        RequestKind::Out => disk.write_from(mem, &request.data, offset).map(|()| {
+        RequestKind::Out => disk.write_from(mem, &request.data, request.offset).map(|()| {
             BlockMetrics::inc(&metrics.writes);
             BlockMetrics::add(&metrics.write_bytes, request.data_len);
             0

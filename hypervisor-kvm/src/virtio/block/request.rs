@@ -43,8 +43,11 @@ pub enum RequestKind {
 pub struct Request {
     /// The request type.
     pub kind: RequestKind,
-    /// The first sector (In and Out; the range lies within the disk).
+    /// The sector in the header (whatever it is for types other than In and Out).
     pub sector: u64,
+    /// In and Out: the byte offset of `sector` on the disk, with `offset + data_len` within
+    /// the disk; 0 for other types.
+    pub offset: u64,
     /// The data buffers: readable for Out, writable for In and GetId, empty otherwise.
     pub data: Vec<Segment>,
     /// Their total length (a multiple of 512 for In and Out).
@@ -193,15 +196,17 @@ impl Request {
             _ => return Err(wrong()),
         };
         let data_len = total(&data);
+        let mut offset = 0;
         if matches!(kind, RequestKind::In | RequestKind::Out) {
             if !data_len.is_multiple_of(SECTOR_SIZE) {
                 return Err(RequestError::Unaligned(data_len));
             }
-            let end = sector.checked_mul(SECTOR_SIZE).and_then(|start| start.checked_add(data_len));
-            if end.is_none_or(|end| end > capacity * SECTOR_SIZE) {
-                return Err(RequestError::OutOfRange { sector, len: data_len, capacity });
-            }
+            offset = sector
+                .checked_mul(SECTOR_SIZE)
+                // `capacity` came from a byte size: `capacity * 512` does not overflow.
+                .filter(|start| start.checked_add(data_len).is_some_and(|end| end <= capacity * SECTOR_SIZE))
+                .ok_or(RequestError::OutOfRange { sector, len: data_len, capacity })?;
         }
-        Ok(Self { kind, sector, data, data_len })
+        Ok(Self { kind, sector, offset, data, data_len })
     }
 }

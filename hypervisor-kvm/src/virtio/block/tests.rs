@@ -310,6 +310,10 @@ fn length_overflows() {
     for sector in [u64::MAX, u64::MAX / 512 + 1, u64::MAX / 512] {
         assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_IN, sector, &chain), (VIRTIO_BLK_S_IOERR, 1), "sector {sector}");
     }
+    // The sector of types other than In and Out is not used, whatever it is.
+    assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_FLUSH, u64::MAX, &[(HDR, 16, R), (STATUS, 1, W)]), (VIRTIO_BLK_S_OK, 1));
+    let chain = [(HDR, 16, R), (DATA, 20, W), (STATUS, 1, W)];
+    assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_GET_ID, u64::MAX, &chain), (VIRTIO_BLK_S_OK, 21));
     // Buffers whose end overflows the guest address space.
     let chain = [(HDR, 16, R), (u64::MAX - 100, 512, W), (STATUS, 1, W)];
     assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_IN, 0, &chain), (VIRTIO_BLK_S_IOERR, 1));
@@ -348,8 +352,14 @@ fn malformed_headers() {
     assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_OUT, 0, &chain), (VIRTIO_BLK_S_IOERR, 1));
     let chain = [(HDR, 16, R), (DATA, 512, W), (DATA, 512, R), (STATUS, 1, W)];
     assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_IN, 0, &chain), (VIRTIO_BLK_S_IOERR, 1));
+    // The header after the read buffer it describes.
+    let chain = [(DATA, 512, W), (HDR, 16, R), (STATUS, 1, W)];
+    assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_IN, 0, &chain), (VIRTIO_BLK_S_IOERR, 1));
     assert_eq!(read(&mem, DATA, 512), vec![0xcc; 512]);
-    assert_eq!(count(&be.metrics.invalid), 7);
+    // Out of order even where the type does not matter.
+    let chain = [(HDR, 16, R), (DATA, 1, W), (DATA, 4, R), (STATUS, 1, W)];
+    assert_eq!(one(&mut be, &mem, VIRTIO_BLK_T_DISCARD, 0, &chain), (VIRTIO_BLK_S_IOERR, 1));
+    assert_eq!(count(&be.metrics.invalid), 9);
     assert_eq!((count(&be.metrics.reads), count(&be.metrics.writes), count(&be.metrics.flushes)), (0, 0, 0));
     assert_eq!(be.contents(), (0..2048).map(pattern).collect::<Vec<_>>());
 }
