@@ -11,8 +11,8 @@ use super::metrics::BlockMetrics;
 use super::request::{status_byte, Request, RequestKind, Segment};
 use crate::pio::RateLimit;
 
-/// Looks at the available ring per call at most (so chains served per call at most), so that
-/// a guest that keeps the queue full cannot keep the worker from seeing its stop event.
+/// How often one call looks at the available ring at most (so also how many chains it serves
+/// at most): a guest that keeps the queue full cannot keep the worker from its stop event.
 pub const BUDGET: usize = 1024;
 
 /// What [`process_queue`] did.
