@@ -80,7 +80,7 @@ fn worker_moves_frames_both_ways_and_pauses_the_tap_without_buffers() {
     let second = eth_frame(200);
     host.send(&with_header([0; 12], &first)).unwrap();
     host.send(&with_header([0; 12], &second)).unwrap();
-    wait_until("the worker to run out of rx buffers", || NetMetrics::get(&metrics.rx_no_buffers) == 1);
+    wait_until("the worker to run out of rx buffers", || NetMetrics::get(&metrics.rx_no_buffers) >= 1);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(NetMetrics::get(&metrics.rx_no_buffers), 1, "the tap is not polled while the guest has no buffer");
 
