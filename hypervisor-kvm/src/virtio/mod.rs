@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
