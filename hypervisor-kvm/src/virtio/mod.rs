@@ -10,6 +10,7 @@
 //! or block forever on what it finds there. A bad chain is logged (rate-limited), returned to
 //! the guest with length 0 when possible, and the device goes on.
 
+pub mod console;
 pub mod mmio;
 pub mod worker;
 
