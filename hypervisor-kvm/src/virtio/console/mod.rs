@@ -14,6 +14,12 @@
 //! go to the port's receive buffers while a guest process has the port open, and the host is
 //! not read at all while there is no buffer, so the host feels the backpressure and the VMM
 //! buffers nothing beyond one 64 KiB scratch buffer.
+//!
+//! Wiring (the VMM): `Console::new(&[("agent.0".into(), dir.join("agent-0.sock")), ..])` binds
+//! the sockets at once (hosts may connect before the guest boots: they wait in the backlog);
+//! put it behind an [`MmioTransport`](super::mmio::MmioTransport), register its queue eventfds
+//! as ioeventfds and its interrupt as an irqfd, and describe it in ACPI. The guest needs the
+//! `virtio_console` module. Dropping the console stops its worker and removes the sockets.
 
 pub mod control;
 pub mod host;
@@ -139,7 +145,9 @@ impl Console {
         }
         let hosts = ports
             .iter()
-            .map(|(name, path)| HostPort::bind(path).map_err(|source| ConsoleError::Host { name: name.clone(), source }))
+            .map(|(name, path)| {
+                HostPort::bind(path).map_err(|source| ConsoleError::Host { name: name.clone(), source })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Console {
             names: ports.iter().map(|(n, _)| n.clone()).collect(),

@@ -211,7 +211,14 @@ fn needs_interrupt(mem: &GuestMemoryMmap, queue: &mut Queue, added: bool) -> boo
     added && queue.needs_notification(mem).unwrap_or(true)
 }
 
-fn bad_chain(mem: &GuestMemoryMmap, queue: &mut Queue, head: u16, e: &ChainError, m: &ConsoleMetrics, s: &mut Scratch) -> bool {
+fn bad_chain(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    head: u16,
+    e: &ChainError,
+    m: &ConsoleMetrics,
+    s: &mut Scratch,
+) -> bool {
     m.bad_chains.inc();
     s.complain("rejected a descriptor chain", e);
     complete(mem, queue, head, 0, s)
@@ -307,7 +314,6 @@ pub fn receive_control(
         match state.handle(&header[..n]) {
             Ok(event) => {
                 metrics.control_from_guest.inc();
-                tracing::debug!(device = "virtio-console", ?event, "control message");
                 if let super::control::DriverEvent::GuestOpen(id, open) = event {
                     if let Some(p) = metrics.port(id) {
                         if open { p.guest_opens.inc() } else { p.guest_closes.inc() }

@@ -301,7 +301,9 @@ fn malicious_control_messages_do_not_stop_the_device() {
     g.send_control(&[1, 0, 0]);
     g.send_control(&ctrl(1, PORT_READY, 1));
     g.handshake(&["agent.0"]);
-    for msg in [ctrl(1, DEVICE_ADD, 1), ctrl(1, 77, 1), ctrl(0, PORT_OPEN, 1), ctrl(2, PORT_OPEN, 1), ctrl(1, PORT_OPEN, 9)] {
+    // A device-only event, an unknown one, port 0, a port beyond the last, a bad value.
+    let bad = [ctrl(1, DEVICE_ADD, 1), ctrl(1, 77, 1), ctrl(0, PORT_OPEN, 1), ctrl(2, PORT_OPEN, 1)];
+    for msg in bad.into_iter().chain([ctrl(1, PORT_OPEN, 9)]) {
         g.send_control(&msg);
     }
     // A device-writable buffer on the control transmit queue, and a loop.
@@ -372,7 +374,8 @@ fn activation_needs_multiport_and_the_right_queues() {
         acked_features: features,
     };
     assert!(matches!(dev.activate(activation(VIRTIO_F_VERSION_1, 6)), Err(ActivateError::BadQueues { .. })));
-    assert!(matches!(dev.activate(activation(VIRTIO_F_VERSION_1 | F_MULTIPORT, 2)), Err(ActivateError::BadQueues { .. })));
+    let too_few = dev.activate(activation(VIRTIO_F_VERSION_1 | F_MULTIPORT, 2));
+    assert!(matches!(too_few, Err(ActivateError::BadQueues { .. })));
     dev.activate(activation(VIRTIO_F_VERSION_1 | F_MULTIPORT, 6)).expect("valid activation");
 }
 

@@ -130,7 +130,8 @@ impl Engine {
     pub fn queue_event(&mut self, q: usize) {
         match q {
             PORT0_TX => {
-                let counters = TxCounters { sent: &self.metrics.port0_dropped_bytes, dropped: &self.metrics.port0_dropped_bytes };
+                let dropped = &self.metrics.port0_dropped_bytes;
+                let counters = TxCounters { sent: dropped, dropped };
                 let out = queue::transmit::<std::io::Sink>(
                     &self.mem,
                     &mut self.queues[q],
@@ -151,7 +152,8 @@ impl Engine {
                     Some([rx, tx]) => (rx, tx),
                     _ => return,
                 };
-                let out = queue::receive_control(&self.mem, tx, rx, &mut self.control, &self.metrics, &mut self.scratch);
+                let (mem, metrics) = (&self.mem, &self.metrics);
+                let out = queue::receive_control(mem, tx, rx, &mut self.control, metrics, &mut self.scratch);
                 self.signal |= out.signal;
                 if out.more {
                     self.kick(q);
@@ -192,7 +194,8 @@ impl Engine {
         let counters = TxCounters { sent: &m.bytes_to_host, dropped: &m.dropped_bytes };
         let host = self.hosts[p].stream.as_mut();
         let link = &mut self.links[p];
-        let out = queue::transmit(&self.mem, &mut self.queues[q], &mut link.pending, host, &counters, &self.metrics, &mut self.scratch);
+        let txq = &mut self.queues[q];
+        let out = queue::transmit(&self.mem, txq, &mut link.pending, host, &counters, &self.metrics, &mut self.scratch);
         self.signal |= out.served.signal;
         if let Some(e) = out.error {
             tracing::info!(device = "virtio-console", port = p + 1, error = %e, "writing to the host failed");
@@ -210,7 +213,8 @@ impl Engine {
         let (q, _) = port_queues(p);
         let Some(host) = self.hosts[p].stream.as_mut() else { return };
         let counter = &self.metrics.ports[p].bytes_to_guest;
-        let (signal, end) = queue::receive(&self.mem, &mut self.queues[q], host, counter, &self.metrics, &mut self.scratch);
+        let rxq = &mut self.queues[q];
+        let (signal, end) = queue::receive(&self.mem, rxq, host, counter, &self.metrics, &mut self.scratch);
         self.signal |= signal;
         match end {
             RxEnd::NoBuffers => self.links[p].rx_starved = true,
@@ -308,7 +312,8 @@ impl Engine {
             let id = p as u32 + 1;
             let host = &self.hosts[p];
             let link = &self.links[p];
-            let listen = if host.stream.is_none() && self.control.can_accept(id) { EventSet::IN } else { EventSet::empty() };
+            let accept = host.stream.is_none() && self.control.can_accept(id);
+            let listen = if accept { EventSet::IN } else { EventSet::empty() };
             let stream = host.stream.as_ref().filter(|_| !link.peer_closed).map(|_| {
                 let mut set = EventSet::empty();
                 if self.control.rx_allowed(id) && !link.rx_starved {
@@ -322,7 +327,7 @@ impl Engine {
             let listener_fd = host.listener_fd();
             let stream_fd = host.stream.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
             let link = &mut self.links[p];
-            let mut failures = Vec::new();
+            let mut failures = [None, None];
             if link.listener_reg != Some(listen) {
                 let r = if link.listener_reg.is_some() {
                     waiter.modify(listener_fd, LISTENER_TOKEN | p as u64, listen)
@@ -331,7 +336,7 @@ impl Engine {
                 };
                 match r {
                     Ok(()) => link.listener_reg = Some(listen),
-                    Err(e) => failures.push(e),
+                    Err(e) => failures[0] = Some(e),
                 }
             }
             if let (Some(fd), true) = (stream_fd, link.stream_reg != stream) {
@@ -343,10 +348,10 @@ impl Engine {
                 };
                 match r {
                     Ok(()) => link.stream_reg = stream,
-                    Err(e) => failures.push(e),
+                    Err(e) => failures[1] = Some(e),
                 }
             }
-            for e in failures {
+            for e in failures.into_iter().flatten() {
                 self.complain("updating the epoll set", &e);
             }
         }
