@@ -33,7 +33,7 @@ const STREAM_TOKEN: u64 = 2 << 32;
 /// Where the host sockets live between activations.
 pub type HostSlot = Arc<Mutex<Vec<HostPort>>>;
 
-/// Receive and transmit queue indexes of port id `id` (1-based): 4+2(id-1), 5+2(id-1).
+/// Receive and transmit queue indexes of the port at index `p` (port id `p + 1`): 4+2p, 5+2p.
 fn port_queues(p: usize) -> (usize, usize) {
     (4 + 2 * p, 5 + 2 * p)
 }
