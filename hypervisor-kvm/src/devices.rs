@@ -4,6 +4,38 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::virtio::block::{Block, BlockError};
+use crate::virtio::VirtioDevice;
+
+/// Errors building the devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A virtio-blk device.
+    #[error("disk {0}")]
+    Block(String, #[source] BlockError),
+    /// A device kind this build cannot make yet.
+    #[error("{0} devices are not available yet")]
+    Unavailable(&'static str),
+}
+
+/// Builds the device models, in command-line order (all serial ports share one
+/// virtio-console device, placed where the first one was given).
+pub fn build(configs: &[DeviceConfig]) -> Result<Vec<Box<dyn VirtioDevice>>, DeviceError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for config in configs {
+        match config {
+            DeviceConfig::Block { path, read_only, id } => {
+                let block = Block::new(path, *read_only, id).map_err(|e| DeviceError::Block(path.display().to_string(), e))?;
+                devices.push(Box::new(block));
+            }
+            DeviceConfig::Vsock { .. } => return Err(DeviceError::Unavailable("vsock")),
+            DeviceConfig::SerialPort { .. } => return Err(DeviceError::Unavailable("virtio-console")),
+            DeviceConfig::Net { .. } => return Err(DeviceError::Unavailable("virtio-net")),
+        }
+    }
+    Ok(devices)
+}
+
 /// Errors in a device option.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceOptionError {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hypervisor_kvm::daemon::{daemonize, Readiness};
+use hypervisor_kvm::devices::{self, DeviceConfig};
 use hypervisor_kvm::seccomp::SeccompMode;
 use hypervisor_kvm::{run, VmConfig};
 
@@ -44,6 +45,19 @@ struct Args {
     /// Write the vmm's pid here once the VM is built.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// A virtio-blk disk: `path=IMAGE[,ro=on|off][,id=SERIAL]` (repeatable).
+    #[arg(long = "disk", value_parser = DeviceConfig::disk)]
+    disks: Vec<DeviceConfig>,
+    /// A virtio-vsock device with a hybrid-vsock Unix socket: `cid=N,socket=PATH`.
+    #[arg(long, value_parser = DeviceConfig::vsock)]
+    vsock: Option<DeviceConfig>,
+    /// A named virtio-console port on a listening Unix socket: `name=NAME,socket=PATH`
+    /// (repeatable; the guest sees /sys/class/virtio-ports/*/name).
+    #[arg(long = "serial-port", value_parser = DeviceConfig::serial_port)]
+    serial_ports: Vec<DeviceConfig>,
+    /// A virtio-net device on a tap: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
+    #[arg(long, value_parser = DeviceConfig::net)]
+    net: Option<DeviceConfig>,
     /// Seccomp filters on the vCPU and device threads: kill on a call outside the filter,
     /// log it, or no filters.
     #[arg(long, value_enum, default_value = "kill")]
@@ -93,10 +107,23 @@ fn main() -> ExitCode {
         start_paused: args.paused,
         seccomp: args.seccomp,
     };
+    let configs: Vec<DeviceConfig> =
+        args.disks.into_iter().chain(args.vsock).chain(args.serial_ports).chain(args.net).collect();
+    let devices = match devices::build(&configs) {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = message(&e);
+            eprintln!("{msg}");
+            if let Some(r) = readiness {
+                r.failed(&msg);
+            }
+            return ExitCode::FAILURE;
+        }
+    };
     let pid_file = args.pid_file.clone();
     let mut readiness = readiness;
     let mut pid_error = None;
-    let result = run(&config, Vec::new(), || {
+    let result = run(&config, devices, || {
         if let Some(path) = &pid_file {
             if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
                 pid_error = Some(format!("vmm: writing the pid file {}: {e}", path.display()));

@@ -11,6 +11,7 @@
 //! the guest with length 0 when possible, and the device goes on.
 
 pub mod block;
+pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod worker;
