@@ -54,9 +54,13 @@ impl<'de> Deserialize<'de> for Network {
         };
         let ok = !name.is_empty()
             && name.len() <= MAX_TAP_NAME
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if !ok {
-            return Err(bad("the tap name must be 1 to 15 characters of A-Z, a-z, 0-9, '_', '.' and '-'"));
+            return Err(bad(
+                "the tap name must be 1 to 15 characters of A-Z, a-z, 0-9, '_', '.' and '-'",
+            ));
         }
         Ok(Network::Tap(name.to_owned()))
     }
@@ -109,26 +113,46 @@ impl KvmConfig {
         let bad = |key, value: String, why| ConfigError::BadValue { key, value, why };
         if let Some(vmm) = &config.vmm {
             if vmm.is_empty() || vmm.contains('\0') {
-                return Err(bad("vmm", format!("{vmm:?}"), "must be a non-empty program name or path"));
+                return Err(bad(
+                    "vmm",
+                    format!("{vmm:?}"),
+                    "must be a non-empty program name or path",
+                ));
             }
         }
         if !(1..=MAX_AGENT_PORTS).contains(&config.agent_ports) {
-            return Err(bad("agent_ports", config.agent_ports.to_string(), "must be 1 to 8"));
+            return Err(bad(
+                "agent_ports",
+                config.agent_ports.to_string(),
+                "must be 1 to 8",
+            ));
         }
         if config.stop_timeout_ms == 0 || config.stop_timeout_ms > 600_000 {
-            return Err(bad("stop_timeout_ms", config.stop_timeout_ms.to_string(), "must be 1 to 600000"));
+            return Err(bad(
+                "stop_timeout_ms",
+                config.stop_timeout_ms.to_string(),
+                "must be 1 to 600000",
+            ));
         }
         if config.run_dir.as_os_str().is_empty() {
             return Err(bad("run_dir", "\"\"".into(), "must be a directory path"));
         }
         if config.run_dir.is_relative() {
             let cwd = std::env::current_dir().map_err(|_| {
-                bad("run_dir", format!("{:?}", config.run_dir), "is relative and the current directory is unknown")
+                bad(
+                    "run_dir",
+                    format!("{:?}", config.run_dir),
+                    "is relative and the current directory is unknown",
+                )
             })?;
             config.run_dir = cwd.join(&config.run_dir);
         }
         if !option_safe_path(&config.run_dir) {
-            return Err(bad("run_dir", format!("{:?}", config.run_dir), "must be UTF-8 without ',' or control characters"));
+            return Err(bad(
+                "run_dir",
+                format!("{:?}", config.run_dir),
+                "must be UTF-8 without ',' or control characters",
+            ));
         }
         Ok(config)
     }
@@ -138,9 +162,17 @@ impl KvmConfig {
         if let Some(vmm) = &self.vmm {
             return vm_process::find_program(vmm).ok_or_else(|| vec![PathBuf::from(vmm)]);
         }
-        let beside_exe = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join(VMM_BINARY)));
-        let candidates: Vec<PathBuf> =
-            beside_exe.into_iter().chain(vm_process::path_dirs().into_iter().map(|d| d.join(VMM_BINARY))).collect();
+        let beside_exe = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(VMM_BINARY)));
+        let candidates: Vec<PathBuf> = beside_exe
+            .into_iter()
+            .chain(
+                vm_process::path_dirs()
+                    .into_iter()
+                    .map(|d| d.join(VMM_BINARY)),
+            )
+            .collect();
         match candidates.iter().find(|p| vm_process::is_executable(p)) {
             Some(found) => Ok(found.clone()),
             None => Err(candidates),
@@ -155,10 +187,17 @@ mod tests {
     #[test]
     fn defaults_from_empty_object_empty_input_and_null() {
         for input in [&b"{}"[..], b"", b"null", b"  \n"] {
-            assert_eq!(KvmConfig::parse(input).unwrap(), KvmConfig::default(), "{input:?}");
+            assert_eq!(
+                KvmConfig::parse(input).unwrap(),
+                KvmConfig::default(),
+                "{input:?}"
+            );
         }
         let c = KvmConfig::default();
-        assert_eq!((c.vmm, c.agent_ports, c.vsock, c.network, c.stop_timeout_ms), (None, 4, true, Network::None, 10_000));
+        assert_eq!(
+            (c.vmm, c.agent_ports, c.vsock, c.network, c.stop_timeout_ms),
+            (None, 4, true, Network::None, 10_000)
+        );
         assert_eq!(c.run_dir, PathBuf::from("/run/sandbox-runtime/kvm"));
     }
 
@@ -171,12 +210,17 @@ mod tests {
         assert_eq!(c.run_dir, PathBuf::from("/tmp/r"));
         assert_eq!((c.agent_ports, c.vsock, c.stop_timeout_ms), (8, false, 500));
         assert_eq!(c.network, Network::Tap("tap0".into()));
-        assert_eq!(KvmConfig::parse(br#"{"network": "none"}"#).unwrap().network, Network::None);
+        assert_eq!(
+            KvmConfig::parse(br#"{"network": "none"}"#).unwrap().network,
+            Network::None
+        );
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let e = KvmConfig::parse(br#"{"qemu": "x"}"#).unwrap_err().to_string();
+        let e = KvmConfig::parse(br#"{"qemu": "x"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `qemu`"), "{e}");
         for (json, want) in [
             (&br#"{"network": "user"}"#[..], "\"user\""),
@@ -192,29 +236,52 @@ mod tests {
             (br#"{"vsock": "yes"}"#, "expected a boolean"),
         ] {
             let e = KvmConfig::parse(json).unwrap_err().to_string();
-            assert!(e.starts_with("kvm plugin config") && e.contains(want), "{want}: {e}");
+            assert!(
+                e.starts_with("kvm plugin config") && e.contains(want),
+                "{want}: {e}"
+            );
         }
     }
 
     #[test]
     fn relative_run_dir_is_made_absolute() {
         let c = KvmConfig::parse(br#"{"run_dir": "vms"}"#).unwrap();
-        assert!(c.run_dir.is_absolute() && c.run_dir.ends_with("vms"), "{:?}", c.run_dir);
+        assert!(
+            c.run_dir.is_absolute() && c.run_dir.ends_with("vms"),
+            "{:?}",
+            c.run_dir
+        );
     }
 
     #[test]
     fn finding_the_vmm() {
-        let c = KvmConfig { vmm: Some("sh".into()), ..KvmConfig::default() };
+        let c = KvmConfig {
+            vmm: Some("sh".into()),
+            ..KvmConfig::default()
+        };
         assert!(c.find_vmm().unwrap().is_absolute());
-        let c = KvmConfig { vmm: Some("/no/such/vmm".into()), ..KvmConfig::default() };
-        assert_eq!(c.find_vmm().unwrap_err(), vec![PathBuf::from("/no/such/vmm")]);
+        let c = KvmConfig {
+            vmm: Some("/no/such/vmm".into()),
+            ..KvmConfig::default()
+        };
+        assert_eq!(
+            c.find_vmm().unwrap_err(),
+            vec![PathBuf::from("/no/such/vmm")]
+        );
         // The default looks beside the test binary first (cargo puts `vmm` in the profile
         // directory, one level up from the test binaries in deps/, so it is not found there).
         let looked = match KvmConfig::default().find_vmm() {
             Ok(found) => vec![found],
             Err(looked) => looked,
         };
-        let exe_dir = std::env::current_exe().unwrap().parent().unwrap().to_owned();
-        assert!(looked[0] == exe_dir.join("vmm") || looked[0].ends_with("vmm"), "{looked:?}");
+        let exe_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        assert!(
+            looked[0] == exe_dir.join("vmm") || looked[0].ends_with("vmm"),
+            "{looked:?}"
+        );
     }
 }

@@ -77,9 +77,14 @@ fn kind_of(error: &VmError) -> ErrorKind {
         | VmError::WrongState { .. } => ErrorKind::INVALID_INPUT,
         VmError::VmmMissing(_) => ErrorKind::NOT_FOUND,
         VmError::KernelRead { .. } | VmError::Dir(_) => ErrorKind::IO,
-        VmError::Process { source: ProcessError::Signal { .. }, .. } => ErrorKind::IO,
+        VmError::Process {
+            source: ProcessError::Signal { .. },
+            ..
+        } => ErrorKind::IO,
         VmError::AlreadyRunning { .. } => ErrorKind::BUSY,
-        VmError::StartFailed { .. } | VmError::Api { .. } | VmError::Process { .. } => ErrorKind::OTHER,
+        VmError::StartFailed { .. } | VmError::Api { .. } | VmError::Process { .. } => {
+            ErrorKind::OTHER
+        }
     }
 }
 
@@ -93,25 +98,39 @@ fn decode(blob: &[u8]) -> Result<VmState, PluginError> {
 }
 
 impl HypervisorPlugin for KvmHypervisor {
-    fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
-        vm::create_vm(&self.config, sandbox_id, config).map(|s| s.encode()).map_err(plugin_error)
+    fn create_vm(
+        &self,
+        sandbox_id: &str,
+        config: &HypervisorConfig,
+    ) -> Result<Vec<u8>, PluginError> {
+        vm::create_vm(&self.config, sandbox_id, config)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
     }
 
     fn start_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
-        vm::start_vm(&decode(blob)?).map(|s| s.encode()).map_err(plugin_error)
+        vm::start_vm(&decode(blob)?)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
     }
 
     fn stop_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
         let timeout = Duration::from_millis(self.config.stop_timeout_ms);
-        vm::stop_vm(&decode(blob)?, timeout).map(|s| s.encode()).map_err(plugin_error)
+        vm::stop_vm(&decode(blob)?, timeout)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
     }
 
     fn pause_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
-        vm::pause_vm(&decode(blob)?).map(|s| s.encode()).map_err(plugin_error)
+        vm::pause_vm(&decode(blob)?)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
     }
 
     fn resume_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
-        vm::resume_vm(&decode(blob)?).map(|s| s.encode()).map_err(plugin_error)
+        vm::resume_vm(&decode(blob)?)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
     }
 
     fn agent_endpoint(&self, blob: &[u8]) -> Result<String, PluginError> {
@@ -152,18 +171,28 @@ mod tests {
             memory_mib: 256,
             extra: serde_json::Value::Null,
             console_log: None,
-            disks: vec![DiskConfig { name: "rootfs".into(), path: dir.join("root.img"), read_only: true }],
+            disks: vec![DiskConfig {
+                name: "rootfs".into(),
+                path: dir.join("root.img"),
+                read_only: true,
+            }],
         }
     }
 
     #[test]
     fn manifest_and_config_errors() {
-        assert_eq!((KvmPlugin::NAME, KvmPlugin::KIND, KvmPlugin::VENDOR), ("kvm", PluginKind::HYPERVISOR, "sandbox-runtime"));
+        assert_eq!(
+            (KvmPlugin::NAME, KvmPlugin::KIND, KvmPlugin::VENDOR),
+            ("kvm", PluginKind::HYPERVISOR, "sandbox-runtime")
+        );
         let e = KvmHypervisor::new(br#"{"agent_ports": 9}"#).unwrap_err();
         assert_eq!(e.kind, ErrorKind::INVALID_INPUT);
         assert!(e.message.contains("agent_ports = 9"), "{e}");
         let e = KvmHypervisor::new(br#"{"accel": "kvm"}"#).unwrap_err();
-        assert!(e.kind == ErrorKind::INVALID_INPUT && e.message.contains("unknown field `accel`"), "{e}");
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("unknown field `accel`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -178,18 +207,31 @@ mod tests {
         assert!(state.argv[0].ends_with("/true"));
         let dir = run_dir.join("sb1");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "create_vm writes nothing in the VM dir");
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "create_vm writes nothing in the VM dir"
+        );
         assert_eq!(hv.vm_status(&blob).unwrap(), "created");
         let endpoint = hv.agent_endpoint(&blob).unwrap();
         let d = dir.display();
-        assert_eq!(endpoint, format!("hvsock:{d}/vsock.sock:1024,serial:{d}/agent-0.sock,serial:{d}/agent-1.sock"));
+        assert_eq!(
+            endpoint,
+            format!("hvsock:{d}/vsock.sock:1024,serial:{d}/agent-0.sock,serial:{d}/agent-1.sock")
+        );
         // A second create of the same id finds no live vmm there and starts afresh.
         std::fs::write(dir.join("vmm.pid"), "999999999\n").unwrap();
         hv.create_vm("sb1", &config(tmp.path())).unwrap();
         assert!(!dir.join("vmm.pid").exists());
         let e = hv.pause_vm(&blob).unwrap_err();
-        assert!(e.kind == ErrorKind::INVALID_INPUT && e.message.contains("sb1 is created"), "{e}");
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("sb1 is created"),
+            "{e}"
+        );
         let stopped = hv.stop_vm(&blob).unwrap();
         assert!(!dir.exists());
         assert_eq!(hv.vm_status(&stopped).unwrap(), "stopped");
@@ -198,9 +240,15 @@ mod tests {
         assert!(e.message.contains("is stopped: cannot start"), "{e}");
         assert!(hv.agent_endpoint(&stopped).is_err());
 
-        let hv = hypervisor(&run_dir, r#", "vmm": "true", "vsock": false, "agent_ports": 1"#);
+        let hv = hypervisor(
+            &run_dir,
+            r#", "vmm": "true", "vsock": false, "agent_ports": 1"#,
+        );
         let blob = hv.create_vm("sb2", &config(tmp.path())).unwrap();
-        assert_eq!(hv.agent_endpoint(&blob).unwrap(), format!("serial:{}/agent-0.sock", run_dir.join("sb2").display()));
+        assert_eq!(
+            hv.agent_endpoint(&blob).unwrap(),
+            format!("serial:{}/agent-0.sock", run_dir.join("sb2").display())
+        );
         hv.stop_vm(&blob).unwrap();
     }
 
@@ -210,7 +258,10 @@ mod tests {
         let hv = hypervisor(&tmp.path().join("run"), r#", "vmm": "/no/such/vmm""#);
         let e = hv.create_vm("sb1", &config(tmp.path())).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NOT_FOUND);
-        assert!(e.message.contains("\"/no/such/vmm\"") && e.message.contains("vmm binary"), "{e}");
+        assert!(
+            e.message.contains("\"/no/such/vmm\"") && e.message.contains("vmm binary"),
+            "{e}"
+        );
 
         let hv = hypervisor(&tmp.path().join("run"), r#", "vmm": "true""#);
         let mut c = config(tmp.path());
@@ -218,29 +269,60 @@ mod tests {
         std::fs::write(&c.kernel, b"MZ\x00\x00 a bzImage").unwrap();
         let e = hv.create_vm("sb1", &c).unwrap_err();
         assert_eq!(e.kind, ErrorKind::INVALID_INPUT);
-        assert!(e.message.contains("not an ELF file") && e.message.contains("vmlinuz") && e.message.contains("vmlinux"), "{e}");
+        assert!(
+            e.message.contains("not an ELF file")
+                && e.message.contains("vmlinuz")
+                && e.message.contains("vmlinux"),
+            "{e}"
+        );
         std::fs::write(&c.kernel, b"\x7f").unwrap();
-        assert!(hv.create_vm("sb1", &c).unwrap_err().message.contains("not an ELF file"));
+        assert!(hv
+            .create_vm("sb1", &c)
+            .unwrap_err()
+            .message
+            .contains("not an ELF file"));
 
         let e = hv.create_vm(".x", &config(tmp.path())).unwrap_err();
-        assert!(e.kind == ErrorKind::INVALID_INPUT && e.message.contains("sandbox id"), "{e}");
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("sandbox id"),
+            "{e}"
+        );
         let mut c = config(tmp.path());
         c.vcpus = 33;
         let e = hv.create_vm("sb1", &c).unwrap_err();
-        assert!(e.kind == ErrorKind::INVALID_INPUT && e.message.contains("vcpus = 33") && e.message.contains("1 to 32"), "{e}");
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT
+                && e.message.contains("vcpus = 33")
+                && e.message.contains("1 to 32"),
+            "{e}"
+        );
         let mut c = config(tmp.path());
         c.memory_mib = 4096;
         let e = hv.create_vm("sb1", &c).unwrap_err();
-        assert!(e.message.contains("memory_mib = 4096") && e.message.contains("32 to 3072"), "{e}");
+        assert!(
+            e.message.contains("memory_mib = 4096") && e.message.contains("32 to 3072"),
+            "{e}"
+        );
         let mut c = config(tmp.path());
         c.extra = serde_json::json!({"cpus": 2});
-        assert!(hv.create_vm("sb1", &c).unwrap_err().message.contains("the kvm plugin takes no per-VM extra settings"));
+        assert!(hv
+            .create_vm("sb1", &c)
+            .unwrap_err()
+            .message
+            .contains("the kvm plugin takes no per-VM extra settings"));
         let mut c = config(tmp.path());
         c.disks = (0..18)
-            .map(|i| DiskConfig { name: format!("d{i}"), path: tmp.path().join("root.img"), read_only: true })
+            .map(|i| DiskConfig {
+                name: format!("d{i}"),
+                path: tmp.path().join("root.img"),
+                read_only: true,
+            })
             .collect();
         let e = hv.create_vm("sb1", &c).unwrap_err();
-        assert!(e.kind == ErrorKind::INVALID_INPUT && e.message.contains("20 virtio devices (18 disks"), "{e}");
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("20 virtio devices (18 disks"),
+            "{e}"
+        );
 
         let long = tmp.path().join("r".repeat(90));
         let hv = hypervisor(&long, r#", "vmm": "true""#);
@@ -255,7 +337,11 @@ mod tests {
             let e = hv.vm_status(blob).unwrap_err();
             assert_eq!(e.kind, ErrorKind::INVALID_INPUT, "{e}");
             assert!(e.message.contains("kvm VM state"), "{e}");
-            assert!(hv.stop_vm(blob).is_err() && hv.start_vm(blob).is_err() && hv.agent_endpoint(blob).is_err());
+            assert!(
+                hv.stop_vm(blob).is_err()
+                    && hv.start_vm(blob).is_err()
+                    && hv.agent_endpoint(blob).is_err()
+            );
         }
     }
 }

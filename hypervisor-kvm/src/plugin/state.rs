@@ -18,7 +18,11 @@ use vm_process::blob::{BlobError, Schema};
 pub use vm_process::Lifecycle;
 
 /// This plugin's blob schema (`kvm-vm/1`).
-pub const SCHEMA: Schema = Schema { what: "kvm VM state", prefix: "kvm-vm/", version: 1 };
+pub const SCHEMA: Schema = Schema {
+    what: "kvm VM state",
+    prefix: "kvm-vm/",
+    version: 1,
+};
 
 /// Why a state blob is refused.
 #[derive(Debug, thiserror::Error)]
@@ -86,22 +90,37 @@ impl VmState {
     }
 
     fn check(&self) -> Result<(), StateError> {
-        let bad = |what: String| StateError::Inconsistent { sandbox_id: self.sandbox_id.clone(), what };
+        let bad = |what: String| StateError::Inconsistent {
+            sandbox_id: self.sandbox_id.clone(),
+            what,
+        };
         vm_process::validate_sandbox_id(&self.sandbox_id).map_err(|e| bad(e.to_string()))?;
         if !vm_process::dir::is_vm_dir(&self.dir, &self.sandbox_id) {
-            return Err(bad(format!("dir {:?} is not an absolute <run_dir>/<sandbox_id> path", self.dir)));
+            return Err(bad(format!(
+                "dir {:?} is not an absolute <run_dir>/<sandbox_id> path",
+                self.dir
+            )));
         }
         if !self.argv.first().is_some_and(|a| a.starts_with('/')) {
-            return Err(bad(format!("argv {:?} does not start with an absolute vmm path", self.argv.first())));
+            return Err(bad(format!(
+                "argv {:?} does not start with an absolute vmm path",
+                self.argv.first()
+            )));
         }
         if !(1..=MAX_AGENT_PORTS).contains(&self.agent_ports) {
-            return Err(bad(format!("agent_ports {} is not 1 to {MAX_AGENT_PORTS}", self.agent_ports)));
+            return Err(bad(format!(
+                "agent_ports {} is not 1 to {MAX_AGENT_PORTS}",
+                self.agent_ports
+            )));
         }
         if self.pid.is_some_and(|pid| pid <= 1) {
             return Err(bad(format!("pid {:?} cannot be a vmm process", self.pid)));
         }
         if self.lifecycle.started() && self.process().is_none() {
-            return Err(bad(format!("it is {} but has no pid and start_time", self.lifecycle.name())));
+            return Err(bad(format!(
+                "it is {} but has no pid and start_time",
+                self.lifecycle.name()
+            )));
         }
         Ok(())
     }
@@ -117,7 +136,11 @@ mod tests {
             schema: SCHEMA.current(),
             sandbox_id: "sb1".into(),
             dir: "/run/k/sb1".into(),
-            argv: vec!["/usr/bin/vmm".into(), "--kernel".into(), "/img/vmlinux".into()],
+            argv: vec![
+                "/usr/bin/vmm".into(),
+                "--kernel".into(),
+                "/img/vmlinux".into(),
+            ],
             agent_ports: 4,
             vsock: true,
             lifecycle: Lifecycle::Running,
@@ -141,17 +164,37 @@ mod tests {
         let s = state();
         let bytes = s.encode();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!((json["schema"].as_str(), json["lifecycle"].as_str()), (Some("kvm-vm/1"), Some("running")));
-        assert_eq!((json["pid"].as_i64(), json["start_time"].as_u64(), json["vsock"].as_bool()), (Some(4242), Some(99), Some(true)));
+        assert_eq!(
+            (json["schema"].as_str(), json["lifecycle"].as_str()),
+            (Some("kvm-vm/1"), Some("running"))
+        );
+        assert_eq!(
+            (
+                json["pid"].as_i64(),
+                json["start_time"].as_u64(),
+                json["vsock"].as_bool()
+            ),
+            (Some(4242), Some(99), Some(true))
+        );
         assert_eq!(VmState::decode(&bytes).unwrap(), s);
-        let created = VmState { lifecycle: Lifecycle::Created, pid: None, start_time: None, ..state() };
+        let created = VmState {
+            lifecycle: Lifecycle::Created,
+            pid: None,
+            start_time: None,
+            ..state()
+        };
         assert_eq!(VmState::decode(&created.encode()).unwrap(), created);
     }
 
     #[test]
     fn foreign_malformed_and_inconsistent_blobs_are_errors() {
         let e = error(json!({"schema": "qemu-vm/1", "pid": 3}));
-        assert!(e.contains("not a kvm VM state") && e.contains("\"qemu-vm/1\"") && e.contains("kvm-vm/1"), "{e}");
+        assert!(
+            e.contains("not a kvm VM state")
+                && e.contains("\"qemu-vm/1\"")
+                && e.contains("kvm-vm/1"),
+            "{e}"
+        );
         assert!(error(with("schema", json!("kvm-vm/2"))).contains("newer"));
         assert!(error(with("lifecycle", json!("exploded"))).contains("malformed kvm VM state"));
         assert!(error(with("surprise", json!(1))).contains("malformed"));
@@ -160,6 +203,7 @@ mod tests {
         assert!(error(with("argv", json!(["vmm"]))).contains("argv"));
         assert!(error(with("agent_ports", json!(0))).contains("agent_ports 0"));
         assert!(error(with("pid", json!(1))).contains("pid Some(1)"));
-        assert!(error(with("start_time", json!(null))).contains("running but has no pid and start_time"));
+        assert!(error(with("start_time", json!(null)))
+            .contains("running but has no pid and start_time"));
     }
 }

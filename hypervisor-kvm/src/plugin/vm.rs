@@ -133,7 +133,11 @@ pub enum VmError {
 }
 
 fn looked_at(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The files in a VM's directory.
@@ -205,19 +209,37 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     }
     let cmdline = agent::kernel_cmdline(a.agent_ports, a.vsock, KERNEL_PARAMS, &s.kernel_params);
     push(&["--cmdline", &cmdline]);
-    push(&["--memory-mib", &s.memory_mib.to_string(), "--vcpus", &s.vcpus.to_string()]);
-    let console = s.console_log.clone().unwrap_or_else(|| PathBuf::from("/dev/null"));
+    push(&[
+        "--memory-mib",
+        &s.memory_mib.to_string(),
+        "--vcpus",
+        &s.vcpus.to_string(),
+    ]);
+    let console = s
+        .console_log
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/dev/null"));
     push(&["--console-log", &path(&console)]);
     push(&["--api-socket", &path(&a.dir.api_socket()), "--paused"]);
     for d in &s.disks {
         let ro = if d.read_only { "on" } else { "off" };
-        push(&["--disk", &format!("path={},ro={ro},id={}", d.path.display(), d.name)]);
+        push(&[
+            "--disk",
+            &format!("path={},ro={ro},id={}", d.path.display(), d.name),
+        ]);
     }
     if a.vsock {
-        push(&["--vsock", &format!("cid={VSOCK_CID},socket={}", a.dir.vsock_socket().display())]);
+        push(&[
+            "--vsock",
+            &format!("cid={VSOCK_CID},socket={}", a.dir.vsock_socket().display()),
+        ]);
     }
     for n in 0..a.agent_ports {
-        let port = format!("name={},socket={}", agent::port_name(n), a.dir.agent_socket(n).display());
+        let port = format!(
+            "name={},socket={}",
+            agent::port_name(n),
+            a.dir.agent_socket(n).display()
+        );
         push(&["--serial-port", &port]);
     }
     if let Network::Tap(tap) = a.network {
@@ -229,25 +251,40 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
 
 /// Checks that the kernel starts with the ELF magic.
 fn check_elf_kernel(kernel: &Path) -> Result<(), VmError> {
-    let read_error = |source| VmError::KernelRead { path: kernel.to_owned(), source };
+    let read_error = |source| VmError::KernelRead {
+        path: kernel.to_owned(),
+        source,
+    };
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(kernel).map_err(read_error)?;
     match file.read_exact(&mut magic) {
         Ok(()) if &magic == ELF_MAGIC => Ok(()),
         Ok(()) => Err(VmError::KernelNotElf(kernel.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(VmError::KernelNotElf(kernel.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(VmError::KernelNotElf(kernel.to_owned()))
+        }
         Err(e) => Err(read_error(e)),
     }
 }
 
 /// Creates the VM (its directory and its state); starts nothing.
-pub fn create_vm(config: &KvmConfig, sandbox_id: &str, hv: &HypervisorConfig) -> Result<VmState, VmError> {
+pub fn create_vm(
+    config: &KvmConfig,
+    sandbox_id: &str,
+    hv: &HypervisorConfig,
+) -> Result<VmState, VmError> {
     validate_sandbox_id(sandbox_id)?;
     let spec = vm_process::spec::validate(hv, &LIMITS)?;
     check_elf_kernel(&spec.kernel)?;
-    let devices = spec.disks.len() + 1 + usize::from(config.vsock) + usize::from(config.network != Network::None);
+    let devices = spec.disks.len()
+        + 1
+        + usize::from(config.vsock)
+        + usize::from(config.network != Network::None);
     if devices > MAX_DEVICES {
-        return Err(VmError::TooManyDevices { count: devices, disks: spec.disks.len() });
+        return Err(VmError::TooManyDevices {
+            count: devices,
+            disks: spec.disks.len(),
+        });
     }
     let vmm = config.find_vmm().map_err(VmError::VmmMissing)?;
     let dir = VmDir(config.run_dir.join(sandbox_id));
@@ -255,7 +292,10 @@ pub fn create_vm(config: &KvmConfig, sandbox_id: &str, hv: &HypervisorConfig) ->
         return Err(VmError::SocketPathTooLong(path));
     }
     if let Some((pid, _)) = live_vmm_from_pidfile(&dir) {
-        return Err(VmError::AlreadyRunning { dir: dir.0.clone(), pid });
+        return Err(VmError::AlreadyRunning {
+            dir: dir.0.clone(),
+            pid,
+        });
     }
     vm_dir::fresh_private(dir.path())?;
     let args = VmArgs {
@@ -289,24 +329,38 @@ fn live_vmm_from_pidfile(dir: &VmDir) -> Option<(i32, u64)> {
 }
 
 fn wrong_state(state: &VmState, current: &'static str, operation: &'static str) -> VmError {
-    VmError::WrongState { sandbox_id: state.sandbox_id.clone(), state: current, operation }
+    VmError::WrongState {
+        sandbox_id: state.sandbox_id.clone(),
+        state: current,
+        operation,
+    }
 }
 
 fn api(state: &VmState, op: &'static str, timeout: Duration) -> Result<serde_json::Value, VmError> {
-    client::request(&state.vm_dir().api_socket(), op, timeout)
-        .map_err(|source| VmError::Api { sandbox_id: state.sandbox_id.clone(), op, source })
+    client::request(&state.vm_dir().api_socket(), op, timeout).map_err(|source| VmError::Api {
+        sandbox_id: state.sandbox_id.clone(),
+        op,
+        source,
+    })
 }
 
 /// Boots a created VM: runs the vmm daemonized and paused, records its pid and start time,
 /// checks that its API answers, then starts the vCPUs.
 pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
     if state.lifecycle != Lifecycle::Created {
-        return Err(wrong_state(state, state.lifecycle.name(), "start (only a created VM can start)"));
+        return Err(wrong_state(
+            state,
+            state.lifecycle.name(),
+            "start (only a created VM can start)",
+        ));
     }
     let id = state.sandbox_id.as_str();
     let dir = state.vm_dir();
     if let Some((pid, _)) = live_vmm_from_pidfile(&dir) {
-        return Err(VmError::AlreadyRunning { dir: dir.0.clone(), pid });
+        return Err(VmError::AlreadyRunning {
+            dir: dir.0.clone(),
+            pid,
+        });
     }
     vm_dir::ensure_private(dir.path())?;
     let mut stale = dir.sockets(state.agent_ports);
@@ -314,18 +368,31 @@ pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
     vm_dir::remove_stale(stale)?;
     run_daemonized(state, &dir)?;
     let pidfile = dir.pidfile();
-    let started = process::read_pidfile(&pidfile).and_then(|pid| Some((pid, process::stat(pid)?.start_time)));
+    let started =
+        process::read_pidfile(&pidfile).and_then(|pid| Some((pid, process::stat(pid)?.start_time)));
     let Some((pid, start_time)) = started else {
         let _ = client::request(&dir.api_socket(), "shutdown", API_TIMEOUT);
-        return Err(VmError::StartFailed { sandbox_id: id.into(), why: format!("no live vmm pid in {pidfile:?} after it started") });
+        return Err(VmError::StartFailed {
+            sandbox_id: id.into(),
+            why: format!("no live vmm pid in {pidfile:?} after it started"),
+        });
     };
-    let next = VmState { lifecycle: Lifecycle::Running, pid: Some(pid), start_time: Some(start_time), ..state.clone() };
+    let next = VmState {
+        lifecycle: Lifecycle::Running,
+        pid: Some(pid),
+        start_time: Some(start_time),
+        ..state.clone()
+    };
     let checked = api(&next, "state", API_TIMEOUT).and_then(|answer| {
         debug!(sandbox_id = id, %answer, "the vmm API answers");
         api(&next, "start", API_TIMEOUT)
     });
     if let Err(e) = checked {
-        warn!(sandbox_id = id, "{}; killing vmm pid {pid}", vm_process::chain(&e));
+        warn!(
+            sandbox_id = id,
+            "{}; killing vmm pid {pid}",
+            vm_process::chain(&e)
+        );
         if process::signal("vmm", pid, start_time, libc::SIGKILL).is_ok() {
             process::wait_gone(pid, start_time, KILL_WAIT);
         }
@@ -339,7 +406,10 @@ pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
 /// parent to exit (0 once the VM is built and its API socket bound).
 fn run_daemonized(state: &VmState, dir: &VmDir) -> Result<(), VmError> {
     let id = &state.sandbox_id;
-    let failed = |why: String| VmError::StartFailed { sandbox_id: id.clone(), why };
+    let failed = |why: String| VmError::StartFailed {
+        sandbox_id: id.clone(),
+        why,
+    };
     let log_path = dir.log();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -348,7 +418,9 @@ fn run_daemonized(state: &VmState, dir: &VmDir) -> Result<(), VmError> {
         .open(&log_path)
         .map_err(|e| failed(format!("opening its log {log_path:?}: {e}")))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let stdout = log.try_clone().map_err(|e| failed(format!("duplicating the log descriptor: {e}")))?;
+    let stdout = log
+        .try_clone()
+        .map_err(|e| failed(format!("duplicating the log descriptor: {e}")))?;
     let mut child = Command::new(&state.argv[0])
         .args(&state.argv[1..])
         .current_dir("/")
@@ -365,7 +437,10 @@ fn run_daemonized(state: &VmState, dir: &VmDir) -> Result<(), VmError> {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(failed(format!("it was not ready within {START_TIMEOUT:?}: {}", log_tail(&log_path, log_start))));
+                return Err(failed(format!(
+                    "it was not ready within {START_TIMEOUT:?}: {}",
+                    log_tail(&log_path, log_start)
+                )));
             }
             Err(e) => return Err(failed(format!("waiting for {}: {e}", state.argv[0]))),
         }
@@ -373,7 +448,11 @@ fn run_daemonized(state: &VmState, dir: &VmDir) -> Result<(), VmError> {
     if status.success() {
         Ok(())
     } else {
-        Err(failed(format!("{} exited with {status}: {}", state.argv[0], log_tail(&log_path, log_start))))
+        Err(failed(format!(
+            "{} exited with {status}: {}",
+            state.argv[0],
+            log_tail(&log_path, log_start)
+        )))
     }
 }
 
@@ -387,7 +466,11 @@ fn log_tail(path: &Path, start: u64) -> String {
         let mut bytes = Vec::new();
         file.take(MAX_LOG).read_to_end(&mut bytes)?;
         let text = String::from_utf8_lossy(&bytes).trim().to_owned();
-        Ok(if from > start { format!("...{text}") } else { text })
+        Ok(if from > start {
+            format!("...{text}")
+        } else {
+            text
+        })
     };
     match read() {
         Ok(text) if text.is_empty() => format!("nothing in {path:?}"),
@@ -421,17 +504,32 @@ fn run_state_change(
     }
     api(state, op, API_TIMEOUT)?;
     info!(sandbox_id = %state.sandbox_id, "VM {}", to.name());
-    Ok(VmState { lifecycle: to, ..state.clone() })
+    Ok(VmState {
+        lifecycle: to,
+        ..state.clone()
+    })
 }
 
 /// Pauses a running VM.
 pub fn pause_vm(state: &VmState) -> Result<VmState, VmError> {
-    run_state_change(state, Lifecycle::Running, Lifecycle::Paused, "pause", "pause (it is not running)")
+    run_state_change(
+        state,
+        Lifecycle::Running,
+        Lifecycle::Paused,
+        "pause",
+        "pause (it is not running)",
+    )
 }
 
 /// Resumes a paused VM.
 pub fn resume_vm(state: &VmState) -> Result<VmState, VmError> {
-    run_state_change(state, Lifecycle::Paused, Lifecycle::Running, "resume", "resume (it is not paused)")
+    run_state_change(
+        state,
+        Lifecycle::Paused,
+        Lifecycle::Running,
+        "resume",
+        "resume (it is not paused)",
+    )
 }
 
 /// Stops the VM (API `shutdown`, then SIGTERM/SIGKILL if need be) and removes its directory.
@@ -440,15 +538,26 @@ pub fn stop_vm(state: &VmState, stop_timeout: Duration) -> Result<VmState, VmErr
     let id = state.sandbox_id.as_str();
     if let Some((pid, start)) = live_process(state) {
         info!(sandbox_id = id, pid, "stopping VM");
-        let shutdown = || api(state, "shutdown", API_TIMEOUT.min(stop_timeout)).map(drop).map_err(|e| vm_process::chain(&e));
-        process::terminate("vmm", pid, start, stop_timeout, shutdown)
-            .map_err(|source| VmError::Process { sandbox_id: id.into(), source })?;
+        let shutdown = || {
+            api(state, "shutdown", API_TIMEOUT.min(stop_timeout))
+                .map(drop)
+                .map_err(|e| vm_process::chain(&e))
+        };
+        process::terminate("vmm", pid, start, stop_timeout, shutdown).map_err(|source| {
+            VmError::Process {
+                sandbox_id: id.into(),
+                source,
+            }
+        })?;
     }
     vm_dir::remove(state.vm_dir().path())?;
     if state.lifecycle != Lifecycle::Stopped {
         info!(sandbox_id = id, "VM stopped");
     }
-    Ok(VmState { lifecycle: Lifecycle::Stopped, ..state.clone() })
+    Ok(VmState {
+        lifecycle: Lifecycle::Stopped,
+        ..state.clone()
+    })
 }
 
 /// The agent's addresses, best first: hybrid vsock, then every serial port.
@@ -457,9 +566,16 @@ pub fn agent_endpoint(state: &VmState) -> Result<String, VmError> {
         return Err(wrong_state(state, "stopped", "give an agent endpoint"));
     }
     let dir = state.vm_dir();
-    let vsock = state.vsock.then(|| format!("hvsock:{}:{AGENT_VSOCK_PORT}", dir.vsock_socket().display()));
-    let serial = (0..state.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
-    Ok(vsock.into_iter().chain(serial).collect::<Vec<_>>().join(","))
+    let vsock = state
+        .vsock
+        .then(|| format!("hvsock:{}:{AGENT_VSOCK_PORT}", dir.vsock_socket().display()));
+    let serial =
+        (0..state.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
+    Ok(vsock
+        .into_iter()
+        .chain(serial)
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 /// `created`, `running`, `paused`, `stopped` or `dead`. A live vmm whose vCPUs do not run
