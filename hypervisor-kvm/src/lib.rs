@@ -1,5 +1,6 @@
 //! A minimal KVM micro-VMM: boots an ELF `vmlinux` through its PVH entry with an initrd and a
-//! 16550 serial console written to a log file.
+//! 16550 serial console written to a log file. [`plugin`] is the `kvm` hypervisor plugin that
+//! runs it, one daemonized `vmm` per VM.
 #![deny(missing_docs)]
 
 pub mod acpi;
@@ -11,6 +12,7 @@ pub mod devices;
 pub mod layout;
 pub mod memory;
 pub mod pio;
+pub mod plugin;
 pub mod runstate;
 pub mod seccomp;
 pub mod serial;

@@ -32,7 +32,8 @@ pub fn workspace_plugin(lib_name: &str) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: build the plugin libraries first (`cargo xtask test` does, or \
-         `cargo build -p storage-fs-plugin -p storage-leveldb-plugin -p panicky-plugin`)",
+         `cargo build -p storage-fs-plugin -p storage-leveldb-plugin -p hypervisor-qemu-plugin \
+         -p hypervisor-kvm-plugin -p panicky-plugin`)",
         path.display()
     );
     path

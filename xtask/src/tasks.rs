@@ -8,7 +8,8 @@ use std::process::Command;
 
 /// The plugin libraries the workspace builds; tests and the demo load them from the target
 /// directory.
-const PLUGIN_PACKAGES: &[&str] = &["storage-fs-plugin", "storage-leveldb-plugin", "hypervisor-qemu-plugin", "panicky-plugin"];
+const PLUGIN_PACKAGES: &[&str] =
+    &["storage-fs-plugin", "storage-leveldb-plugin", "hypervisor-qemu-plugin", "hypervisor-kvm-plugin", "panicky-plugin"];
 
 /// Debian packages the main job runs with: QEMU runs the sandbox's VM.
 const DEMO_PACKAGES: &[&str] = &["qemu-system-x86"];

@@ -4,11 +4,8 @@ use crate::accel::Accel;
 use crate::config::Network;
 use crate::spec::VmSpec;
 use std::path::{Path, PathBuf};
-
-/// The guest agent's vsock port.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
-/// The longest path a Unix socket address holds (`sun_path` less its NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
+pub use vm_process::agent::{agent_channels, AGENT_VSOCK_PORT};
+pub use vm_process::dir::MAX_SOCKET_PATH;
 /// The prefix of the vsock device argument, followed by the CID.
 const VSOCK_DEVICE: &str = "vhost-vsock-pci,guest-cid=";
 
@@ -62,13 +59,6 @@ pub struct VmArgs<'a> {
     pub spec: &'a VmSpec,
 }
 
-/// The guest's `agent.channels=` value: vsock first when there is one, then every port.
-pub fn agent_channels(agent_ports: u32, vsock: bool) -> String {
-    let vsock = vsock.then(|| format!("vsock:{AGENT_VSOCK_PORT}"));
-    let serial = (0..agent_ports).map(|n| format!("serial:agent.{n}"));
-    vsock.into_iter().chain(serial).collect::<Vec<_>>().join(",")
-}
-
 /// QEMU's full argv, the binary first. Paths are absolute and were checked to hold no ','.
 pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     let s = a.spec;
@@ -84,11 +74,7 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     if let Some(initrd) = &s.initrd {
         push(&["-initrd", &path(initrd)]);
     }
-    let mut append = format!("console=ttyS0 panic=-1 quiet agent.channels={}", agent_channels(a.agent_ports, a.vsock_cid.is_some()));
-    if !s.kernel_params.is_empty() {
-        append.push(' ');
-        append.push_str(&s.kernel_params);
-    }
+    let append = vm_process::agent::kernel_cmdline(a.agent_ports, a.vsock_cid.is_some(), "", &s.kernel_params);
     push(&["-append", &append]);
     push(&["-display", "none", "-nodefaults", "-no-reboot", "-no-user-config", "-monitor", "none"]);
     let serial = match &s.console_log {
@@ -101,7 +87,7 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     for n in 0..a.agent_ports {
         let chardev = format!("socket,id=agent{n},path={},server=on,wait=off", a.dir.agent_socket(n).display());
         push(&["-chardev", &chardev]);
-        push(&["-device", &format!("virtserialport,chardev=agent{n},name=agent.{n}")]);
+        push(&["-device", &format!("virtserialport,chardev=agent{n},name={}", vm_process::agent::port_name(n))]);
     }
     for (i, d) in s.disks.iter().enumerate() {
         let readonly = if d.read_only { "on" } else { "off" };
@@ -144,9 +130,8 @@ pub fn set_vsock_cid(argv: &mut [String], cid: u32) -> bool {
 /// The longest socket path of a VM in `dir` with `agent_ports` ports, if it is too long for a
 /// Unix socket address.
 pub fn socket_path_too_long(dir: &VmDir, agent_ports: u32) -> Option<PathBuf> {
-    let mut paths = vec![dir.qmp_socket()];
-    paths.extend((0..agent_ports).map(|n| dir.agent_socket(n)));
-    paths.into_iter().find(|p| p.as_os_str().len() > MAX_SOCKET_PATH)
+    let agents = (0..agent_ports).map(|n| dir.agent_socket(n));
+    vm_process::dir::too_long_socket(std::iter::once(dir.qmp_socket()).chain(agents))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! The plugin's own config (the JSON object the host gives `new_hypervisor`) and the checks on
-//! names that end up in paths and QEMU options.
+//! The plugin's own config (the JSON object the host gives `new_hypervisor`).
 
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use vm_process::spec::option_safe_path;
 
 /// The QEMU binary used when the config names none.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
@@ -10,10 +10,8 @@ pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 pub const DEFAULT_RUN_DIR: &str = "/run/sandbox-runtime/qemu";
 /// The most virtio-serial agent ports a VM may have.
 pub const MAX_AGENT_PORTS: u32 = 8;
-/// The longest sandbox id.
-pub const MAX_SANDBOX_ID_LEN: usize = 64;
 
-/// Why the plugin config or a name is invalid.
+/// Why the plugin config is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The JSON did not parse (an unknown key, a wrong type, a bad enum value).
@@ -29,9 +27,6 @@ pub enum ConfigError {
         /// What is allowed.
         why: &'static str,
     },
-    /// A sandbox id that cannot name a directory and a QEMU VM.
-    #[error("sandbox id {0:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-', not starting with '.'")]
-    BadSandboxId(String),
 }
 
 /// Which accelerator to use.
@@ -128,30 +123,11 @@ impl QemuConfig {
             })?;
             config.run_dir = cwd.join(&config.run_dir);
         }
-        if !qemu_safe_path(&config.run_dir) {
+        if !option_safe_path(&config.run_dir) {
             return Err(bad("run_dir", format!("{:?}", config.run_dir), "must be UTF-8 without ',' or control characters"));
         }
         Ok(config)
     }
-}
-
-/// Checks a sandbox id: it names the VM's directory and QEMU's `-name`.
-pub fn validate_sandbox_id(id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_SANDBOX_ID_LEN
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::BadSandboxId(id.to_owned()))
-    }
-}
-
-/// Whether a path can go into a QEMU option string as is: UTF-8, no ',' (QEMU's option
-/// separator) and no control characters.
-pub fn qemu_safe_path(path: &Path) -> bool {
-    path.to_str().is_some_and(|s| !s.contains(',') && !s.chars().any(char::is_control))
 }
 
 #[cfg(test)]
@@ -220,16 +196,5 @@ mod tests {
     fn relative_run_dir_is_made_absolute() {
         let c = QemuConfig::parse(br#"{"run_dir": "vms"}"#).unwrap();
         assert!(c.run_dir.is_absolute() && c.run_dir.ends_with("vms"), "{:?}", c.run_dir);
-    }
-
-    #[test]
-    fn sandbox_ids() {
-        for ok in ["a", "sb-1", "A_b.c-9", &"x".repeat(64)] {
-            validate_sandbox_id(ok).unwrap();
-        }
-        for bad in ["", ".hidden", "..", "a/b", "a b", "a,b", &"x".repeat(65), "é"] {
-            let e = validate_sandbox_id(bad).unwrap_err().to_string();
-            assert!(e.contains("sandbox id"), "{e}");
-        }
     }
 }

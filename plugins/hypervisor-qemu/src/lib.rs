@@ -17,7 +17,6 @@
 pub mod accel;
 pub mod argv;
 pub mod config;
-pub mod process;
 pub mod qmp;
 pub mod spec;
 pub mod state;
@@ -25,12 +24,16 @@ pub mod vm;
 #[cfg(test)]
 mod vm_tests;
 
+/// QEMU's process: pid + start time, pidfd signals (shared with the other hypervisor plugins).
+pub use vm_process::process;
+
 use config::QemuConfig;
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
 use plugin_api::{ErrorKind, Plugin, PluginError, PluginKind};
 use state::VmState;
 use std::time::Duration;
 use vm::VmError;
+use vm_process::chain;
 
 /// The `qemu` hypervisor plugin.
 pub struct QemuPlugin;
@@ -67,29 +70,17 @@ impl QemuHypervisor {
     }
 }
 
-/// The error's message followed by its causes, `: `-separated.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn kind_of(error: &VmError) -> ErrorKind {
     match error {
-        VmError::Config(_) | VmError::Spec(_) | VmError::State(_) | VmError::SocketPathTooLong(_) | VmError::WrongState { .. } => {
+        VmError::SandboxId(_) | VmError::Spec(_) | VmError::State(_) | VmError::SocketPathTooLong(_) | VmError::WrongState { .. } => {
             ErrorKind::INVALID_INPUT
         }
         VmError::Accel(_) => ErrorKind::UNSUPPORTED,
         VmError::QemuMissing(_) => ErrorKind::NOT_FOUND,
-        VmError::Io { .. } | VmError::Process(_) => ErrorKind::IO,
+        VmError::Dir(_) | VmError::Process { source: process::ProcessError::Signal { .. }, .. } => ErrorKind::IO,
         VmError::AlreadyRunning { .. } => ErrorKind::BUSY,
         VmError::Qmp { source: qmp::QmpError::Busy { .. }, .. } => ErrorKind::BUSY,
-        VmError::StartFailed { .. } | VmError::Qmp { .. } | VmError::Unkillable { .. } => ErrorKind::OTHER,
+        VmError::StartFailed { .. } | VmError::Qmp { .. } | VmError::Process { .. } => ErrorKind::OTHER,
     }
 }
 

@@ -12,24 +12,21 @@
 
 use crate::accel::Accel;
 use crate::argv::VmDir;
-use crate::config::{validate_sandbox_id, MAX_AGENT_PORTS};
+use crate::config::MAX_AGENT_PORTS;
 use serde::{Deserialize, Serialize};
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
+use vm_process::blob::{BlobError, Schema};
+pub use vm_process::Lifecycle;
 
-/// The schema family of this plugin's blobs.
-pub const SCHEMA_PREFIX: &str = "qemu-vm/";
-/// The newest version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// This plugin's blob schema (`qemu-vm/1`).
+pub const SCHEMA: Schema = Schema { what: "QEMU VM state", prefix: "qemu-vm/", version: 1 };
 
 /// Why a state blob is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// Not JSON, or not the shape of this schema.
-    #[error("malformed QEMU VM state")]
-    Malformed(#[source] serde_json::Error),
-    /// JSON, but not a QEMU VM state of a version this build reads.
-    #[error("not a QEMU VM state this plugin can read: {0}")]
-    Foreign(String),
+    /// Not JSON, not this schema, or not its shape.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
     /// The right shape with inconsistent values.
     #[error("QEMU VM state of sandbox {sandbox_id:?}: {what}")]
     Inconsistent {
@@ -38,32 +35,6 @@ pub enum StateError {
         /// What is wrong.
         what: String,
     },
-}
-
-/// Where a VM is in its life, as this plugin last left it.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Lifecycle {
-    /// Created, not started.
-    Created,
-    /// Started (and not paused).
-    Running,
-    /// Paused through the plugin.
-    Paused,
-    /// Stopped through the plugin; its directory is gone.
-    Stopped,
-}
-
-impl Lifecycle {
-    /// The lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Lifecycle::Created => "created",
-            Lifecycle::Running => "running",
-            Lifecycle::Paused => "paused",
-            Lifecycle::Stopped => "stopped",
-        }
-    }
 }
 
 /// The state blob.
@@ -95,7 +66,7 @@ pub struct VmState {
 impl VmState {
     /// The current schema string.
     pub fn schema_string() -> String {
-        format!("{SCHEMA_PREFIX}{SCHEMA_VERSION}")
+        SCHEMA.current()
     }
 
     /// The VM directory.
@@ -117,37 +88,15 @@ impl VmState {
     /// Decodes and checks a blob: the schema first (so a foreign blob says so), then the shape,
     /// then the values later calls rely on (the directory they delete, the pid they signal).
     pub fn decode(bytes: &[u8]) -> Result<VmState, StateError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(StateError::Malformed)?;
-        let Some(object) = value.as_object() else {
-            return Err(StateError::Foreign(format!("expected a JSON object, got {}", kind_of(&value))));
-        };
-        let schema = match object.get("schema") {
-            Some(serde_json::Value::String(s)) => s.as_str(),
-            Some(other) => return Err(StateError::Foreign(format!("its schema is {other}, expected \"{}\"", Self::schema_string()))),
-            None => return Err(StateError::Foreign("it has no \"schema\" field".into())),
-        };
-        let version = schema.strip_prefix(SCHEMA_PREFIX).and_then(|v| v.parse::<u32>().ok());
-        match version {
-            Some(v) if (1..=SCHEMA_VERSION).contains(&v) => {}
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(StateError::Foreign(format!(
-                    "its schema {schema:?} is newer than this plugin's \"{}\"",
-                    Self::schema_string()
-                )))
-            }
-            _ => return Err(StateError::Foreign(format!("its schema is {schema:?}, expected \"{}\"", Self::schema_string()))),
-        }
-        let state: VmState = serde_json::from_value(value).map_err(StateError::Malformed)?;
+        let state: VmState = SCHEMA.decode(bytes)?;
         state.check()?;
         Ok(state)
     }
 
     fn check(&self) -> Result<(), StateError> {
         let bad = |what: String| StateError::Inconsistent { sandbox_id: self.sandbox_id.clone(), what };
-        validate_sandbox_id(&self.sandbox_id).map_err(|e| bad(e.to_string()))?;
-        let normal = self.dir.is_absolute()
-            && self.dir.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        if !normal || self.dir.file_name().and_then(|n| n.to_str()) != Some(self.sandbox_id.as_str()) {
+        vm_process::validate_sandbox_id(&self.sandbox_id).map_err(|e| bad(e.to_string()))?;
+        if !vm_process::dir::is_vm_dir(&self.dir, &self.sandbox_id) {
             return Err(bad(format!("dir {:?} is not an absolute <run_dir>/<sandbox_id> path", self.dir)));
         }
         if !self.argv.first().is_some_and(|a| a.starts_with('/')) {
@@ -166,22 +115,10 @@ impl VmState {
                 return Err(bad(format!("pid {pid} cannot be a QEMU process")));
             }
         }
-        let started = matches!(self.lifecycle, Lifecycle::Running | Lifecycle::Paused);
-        if started && self.process().is_none() {
+        if self.lifecycle.started() && self.process().is_none() {
             return Err(bad(format!("it is {} but has no pid and start_time", self.lifecycle.name())));
         }
         Ok(())
-    }
-}
-
-fn kind_of(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 

@@ -4,24 +4,23 @@
 
 use crate::accel::{self, AccelError};
 use crate::argv::{self, VmArgs, VmDir, AGENT_VSOCK_PORT};
-use crate::config::{validate_sandbox_id, ConfigError, QemuConfig};
-use crate::process::{self, ProcessError};
+use crate::config::QemuConfig;
 use crate::qmp::{self, QmpError};
 use crate::spec::{self, SpecError};
 use crate::state::{Lifecycle, StateError, VmState};
 use plugin_api::hypervisor::HypervisorConfig;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tracing::{debug, info, warn};
+use vm_process::dir::{self as vm_dir, DirError};
+use vm_process::process::{self, ProcessError, KILL_WAIT};
+use vm_process::{find_program, validate_sandbox_id, SandboxIdError};
 
 /// The QMP timeout of every call but [`vm_status`].
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The QMP timeout of [`vm_status`], which must answer quickly.
 const STATUS_QMP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long to wait for QEMU to go after SIGKILL.
-const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How many vsock CIDs to try when QEMU reports one in use.
 const VSOCK_ATTEMPTS: u32 = 5;
 /// The most of QEMU's stderr an error carries.
@@ -32,7 +31,7 @@ const MAX_STDERR: usize = 4000;
 pub enum VmError {
     /// A bad sandbox id.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    SandboxId(#[from] SandboxIdError),
     /// A bad HypervisorConfig.
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -48,17 +47,9 @@ pub enum VmError {
     /// A socket path is too long for a Unix socket address.
     #[error("socket path {0:?} is longer than 107 bytes: use a shorter run_dir")]
     SocketPathTooLong(PathBuf),
-    /// A file-system operation failed.
-    #[error("{what} {path:?}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file-system operation on the VM directory failed.
+    #[error(transparent)]
+    Dir(#[from] DirError),
     /// The VM directory holds a live QEMU.
     #[error("VM directory {dir:?} already holds a running QEMU (pid {pid}): stop that VM first")]
     AlreadyRunning {
@@ -94,32 +85,15 @@ pub enum VmError {
         #[source]
         source: QmpError,
     },
-    /// Signalling QEMU failed.
-    #[error(transparent)]
-    Process(#[from] ProcessError),
-    /// QEMU survived SIGKILL.
-    #[error("VM {sandbox_id}: QEMU (pid {pid}) is still there after SIGKILL")]
-    Unkillable {
+    /// Stopping QEMU failed (a signal was refused, or it survived SIGKILL).
+    #[error("VM {sandbox_id}: stopping QEMU")]
+    Process {
         /// The sandbox.
         sandbox_id: String,
-        /// QEMU's pid.
-        pid: i32,
+        /// The cause.
+        #[source]
+        source: ProcessError,
     },
-}
-
-fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> VmError + 'a {
-    move |source| VmError::Io { what, path: path.to_owned(), source }
-}
-
-/// Finds a program: a path is taken as is (made absolute), a name is looked up in `PATH`.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if name.contains('/') {
-        let path = std::path::absolute(name).ok()?;
-        return executable(&path).then_some(path);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_absolute() && executable(p))
 }
 
 /// Creates the VM (its directory and its state); starts nothing.
@@ -135,7 +109,7 @@ pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -
         return Err(VmError::SocketPathTooLong(path));
     }
     let vsock_cid = Path::new("/dev/vhost-vsock").exists().then(|| argv::vsock_cid(sandbox_id, 0));
-    prepare_dir(&config.run_dir, &dir, sandbox_id)?;
+    prepare_dir(&dir, sandbox_id)?;
     let args = VmArgs {
         qemu: &qemu,
         sandbox_id,
@@ -164,36 +138,16 @@ pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -
 }
 
 /// Makes `<run_dir>/<id>` fresh and private, after checking no live QEMU uses it.
-fn prepare_dir(run_dir: &Path, dir: &VmDir, sandbox_id: &str) -> Result<(), VmError> {
-    std::fs::create_dir_all(run_dir).map_err(io_error("creating the run directory", run_dir))?;
-    if std::fs::symlink_metadata(dir.path()).is_ok() {
-        if let Some((pid, _)) = live_qemu_from_pidfile(dir, sandbox_id) {
-            return Err(VmError::AlreadyRunning { dir: dir.0.clone(), pid });
-        }
-        info!(sandbox_id, "removing the stale VM directory {:?}", dir.path());
-        remove_dir(dir)?;
+fn prepare_dir(dir: &VmDir, sandbox_id: &str) -> Result<(), VmError> {
+    if let Some((pid, _)) = live_qemu_from_pidfile(dir, sandbox_id) {
+        return Err(VmError::AlreadyRunning { dir: dir.0.clone(), pid });
     }
-    std::fs::DirBuilder::new().mode(0o700).create(dir.path()).map_err(io_error("creating the VM directory", dir.path()))?;
-    // The umask may have taken bits off; set exactly 0700.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
-        .map_err(io_error("setting the mode of the VM directory", dir.path()))
+    Ok(vm_dir::fresh_private(dir.path())?)
 }
 
 /// The QEMU named in the directory's pid file, if it is alive and runs this sandbox.
 fn live_qemu_from_pidfile(dir: &VmDir, sandbox_id: &str) -> Option<(i32, u64)> {
-    let pid: i32 = std::fs::read_to_string(dir.pidfile()).ok()?.trim().parse().ok()?;
-    if pid <= 1 || !process::is_alive_with_name(pid, &format!("sandbox-{sandbox_id}")) {
-        return None;
-    }
-    Some((pid, process::stat(pid)?.start_time))
-}
-
-fn remove_dir(dir: &VmDir) -> Result<(), VmError> {
-    match std::fs::remove_dir_all(dir.path()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error("removing the VM directory", dir.path())(e)),
-    }
+    process::live_from_pidfile(&dir.pidfile(), &["-name", &format!("sandbox-{sandbox_id}")])
 }
 
 fn wrong_state(state: &VmState, current: &'static str, operation: &'static str) -> VmError {
@@ -211,18 +165,10 @@ pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
     if let Some((pid, _)) = live_qemu_from_pidfile(&dir, id) {
         return Err(VmError::AlreadyRunning { dir: dir.0.clone(), pid });
     }
-    if !dir.path().is_dir() {
-        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir.path())
-            .map_err(io_error("creating the VM directory", dir.path()))?;
-    }
+    vm_dir::ensure_private(dir.path())?;
     let mut stale = vec![dir.pidfile(), dir.qmp_socket()];
     stale.extend((0..state.agent_ports).map(|n| dir.agent_socket(n)));
-    for path in stale {
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error("removing the stale", &path)(e)),
-            _ => {}
-        }
-    }
+    vm_dir::remove_stale(stale)?;
     let mut next = state.clone();
     run_daemonized(&mut next)?;
     let pidfile = dir.pidfile();
@@ -240,7 +186,7 @@ pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
         Ok(status) => debug!(sandbox_id = id, %status, "QMP answers"),
         Err(source) => {
             warn!(sandbox_id = id, "QMP does not answer after start ({source}); killing QEMU pid {pid}");
-            if process::signal(pid, start_time, libc::SIGKILL).is_ok() {
+            if process::signal("QEMU", pid, start_time, libc::SIGKILL).is_ok() {
                 process::wait_gone(pid, start_time, KILL_WAIT);
             }
             return Err(VmError::Qmp { sandbox_id: id.into(), source });
@@ -323,19 +269,11 @@ pub fn stop_vm(state: &VmState, stop_timeout: Duration) -> Result<VmState, VmErr
     let dir = state.vm_dir();
     if let Some((pid, start)) = live_process(state) {
         info!(sandbox_id = id, pid, "stopping VM");
-        if let Err(e) = qmp::execute(&dir.qmp_socket(), &dir.qmp_lock(), "quit", QMP_TIMEOUT.min(stop_timeout)) {
-            warn!(sandbox_id = id, "QMP quit failed ({e}); sending SIGTERM to QEMU pid {pid}");
-            process::signal(pid, start, libc::SIGTERM)?;
-        }
-        if !process::wait_gone(pid, start, stop_timeout) {
-            warn!(sandbox_id = id, "QEMU pid {pid} still there after {stop_timeout:?}; sending SIGKILL");
-            process::signal(pid, start, libc::SIGKILL)?;
-            if !process::wait_gone(pid, start, KILL_WAIT) {
-                return Err(VmError::Unkillable { sandbox_id: id.into(), pid });
-            }
-        }
+        let quit = || qmp::execute(&dir.qmp_socket(), &dir.qmp_lock(), "quit", QMP_TIMEOUT.min(stop_timeout)).map(drop);
+        process::terminate("QEMU", pid, start, stop_timeout, quit)
+            .map_err(|source| VmError::Process { sandbox_id: id.into(), source })?;
     }
-    remove_dir(&dir)?;
+    vm_dir::remove(dir.path())?;
     if state.lifecycle != Lifecycle::Stopped {
         info!(sandbox_id = id, "VM stopped");
     }

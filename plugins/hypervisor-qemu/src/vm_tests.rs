@@ -62,7 +62,7 @@ fn running(state: &VmState, pid: u32) -> VmState {
 /// killing sh leaves no orphan holding the test's output.
 fn spawn_sh(script: &str, name: &str) -> std::process::Child {
     let child = Command::new("sh").args(["-c", script, "-name", name]).stdin(std::process::Stdio::piped()).spawn().unwrap();
-    crate::process::tests::wait_for_exec(child.id() as i32);
+    assert!(process::wait_for_exec(child.id() as i32));
     child
 }
 

@@ -1,0 +1,347 @@
+//! The `kvm` hypervisor plugin: each VM is a daemonized `vmm` (this crate's binary) that
+//! outlives the process that started it, driven over its JSON-lines control API.
+//!
+//! - Plugin config ([`config::KvmConfig`], JSON, every key optional): `vmm`, `run_dir`,
+//!   `agent_ports`, `vsock`, `network` (`none`, `tap:<name>`), `stop_timeout_ms`. Unknown keys
+//!   are errors.
+//! - Each VM lives in `<run_dir>/<sandbox_id>/` (mode 0700): `api.sock`, `vmm.pid`,
+//!   `vsock.sock`, `agent-<N>.sock` (one per virtio-console agent port `agent.<N>`) and
+//!   `vmm.log` (the vmm's stderr). `stop_vm` removes it; the console log is the host's and
+//!   stays.
+//! - The kernel must be an ELF `vmlinux` (booted through PVH), not a bzImage.
+//! - The state blob is [`state::VmState`] (JSON, `"schema": "kvm-vm/1"`).
+//! - Agent endpoints, best first: `hvsock:<dir>/vsock.sock:1024` when `vsock` is on, then
+//!   `serial:<dir>/agent-<N>.sock` for every port.
+//! - `HypervisorConfig.extra` must be `null` or `{}`: this plugin has no per-VM settings.
+//!
+//! The operations and the vmm's command line are in [`vm`].
+
+pub mod config;
+pub mod state;
+pub mod vm;
+#[cfg(test)]
+mod vm_tests;
+
+use config::KvmConfig;
+use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
+use plugin_api::{ErrorKind, Plugin, PluginError, PluginKind};
+use state::VmState;
+use std::time::Duration;
+use vm::VmError;
+use vm_process::chain;
+use vm_process::process::ProcessError;
+
+/// The `kvm` hypervisor plugin.
+pub struct KvmPlugin;
+
+impl Plugin for KvmPlugin {
+    const NAME: &'static str = "kvm";
+    const KIND: PluginKind = PluginKind::HYPERVISOR;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const VENDOR: &'static str = "sandbox-runtime";
+
+    fn new_hypervisor(config: &[u8]) -> Result<impl HypervisorPlugin, PluginError> {
+        KvmHypervisor::new(config)
+    }
+}
+
+plugin_api::register_static_plugin!(KvmPlugin);
+
+/// A hypervisor instance: the plugin config, nothing else (all VM state is in the blobs).
+#[derive(Debug, Clone)]
+pub struct KvmHypervisor {
+    config: KvmConfig,
+}
+
+impl KvmHypervisor {
+    /// Parses the plugin config.
+    pub fn new(config: &[u8]) -> Result<KvmHypervisor, PluginError> {
+        let config = KvmConfig::parse(config).map_err(|e| PluginError::invalid_input(chain(&e)))?;
+        Ok(KvmHypervisor { config })
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &KvmConfig {
+        &self.config
+    }
+}
+
+fn kind_of(error: &VmError) -> ErrorKind {
+    match error {
+        VmError::SandboxId(_)
+        | VmError::Spec(_)
+        | VmError::State(_)
+        | VmError::KernelNotElf(_)
+        | VmError::TooManyDevices { .. }
+        | VmError::SocketPathTooLong(_)
+        | VmError::WrongState { .. } => ErrorKind::INVALID_INPUT,
+        VmError::VmmMissing(_) => ErrorKind::NOT_FOUND,
+        VmError::KernelRead { .. } | VmError::Dir(_) => ErrorKind::IO,
+        VmError::Process {
+            source: ProcessError::Signal { .. },
+            ..
+        } => ErrorKind::IO,
+        VmError::AlreadyRunning { .. } => ErrorKind::BUSY,
+        VmError::StartFailed { .. } | VmError::Api { .. } | VmError::Process { .. } => {
+            ErrorKind::OTHER
+        }
+    }
+}
+
+/// Converts at the trait boundary: the kind from the variant, the whole chain as the message.
+fn plugin_error(error: VmError) -> PluginError {
+    PluginError::new(kind_of(&error), chain(&error))
+}
+
+fn decode(blob: &[u8]) -> Result<VmState, PluginError> {
+    VmState::decode(blob).map_err(|e| plugin_error(e.into()))
+}
+
+impl HypervisorPlugin for KvmHypervisor {
+    fn create_vm(
+        &self,
+        sandbox_id: &str,
+        config: &HypervisorConfig,
+    ) -> Result<Vec<u8>, PluginError> {
+        vm::create_vm(&self.config, sandbox_id, config)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
+    }
+
+    fn start_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        vm::start_vm(&decode(blob)?)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
+    }
+
+    fn stop_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let timeout = Duration::from_millis(self.config.stop_timeout_ms);
+        vm::stop_vm(&decode(blob)?, timeout)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
+    }
+
+    fn pause_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        vm::pause_vm(&decode(blob)?)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
+    }
+
+    fn resume_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        vm::resume_vm(&decode(blob)?)
+            .map(|s| s.encode())
+            .map_err(plugin_error)
+    }
+
+    fn agent_endpoint(&self, blob: &[u8]) -> Result<String, PluginError> {
+        vm::agent_endpoint(&decode(blob)?).map_err(plugin_error)
+    }
+
+    fn vm_status(&self, blob: &[u8]) -> Result<String, PluginError> {
+        Ok(vm::vm_status(&decode(blob)?).to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::hypervisor::DiskConfig;
+    use std::path::Path;
+
+    fn hypervisor(run_dir: &Path, extra: &str) -> KvmHypervisor {
+        let json = format!(r#"{{"run_dir": {:?}{extra}}}"#, run_dir.to_str().unwrap());
+        KvmHypervisor::new(json.as_bytes()).unwrap()
+    }
+
+    /// A kernel that passes the ELF check (nothing boots it here).
+    fn elf_kernel(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("vmlinux");
+        std::fs::write(&path, b"\x7fELF\x02\x01\x01").unwrap();
+        path
+    }
+
+    fn config(dir: &Path) -> HypervisorConfig {
+        std::fs::write(dir.join("root.img"), b"r").unwrap();
+        HypervisorConfig {
+            schema: 1,
+            kernel: elf_kernel(dir),
+            initrd: None,
+            kernel_params: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            extra: serde_json::Value::Null,
+            console_log: None,
+            disks: vec![DiskConfig {
+                name: "rootfs".into(),
+                path: dir.join("root.img"),
+                read_only: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn manifest_and_config_errors() {
+        assert_eq!(
+            (KvmPlugin::NAME, KvmPlugin::KIND, KvmPlugin::VENDOR),
+            ("kvm", PluginKind::HYPERVISOR, "sandbox-runtime")
+        );
+        let e = KvmHypervisor::new(br#"{"agent_ports": 9}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::INVALID_INPUT);
+        assert!(e.message.contains("agent_ports = 9"), "{e}");
+        let e = KvmHypervisor::new(br#"{"accel": "kvm"}"#).unwrap_err();
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("unknown field `accel`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn create_status_endpoint_stop_without_booting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("run");
+        // `true` stands in for the vmm: create_vm only needs it to exist.
+        let hv = hypervisor(&run_dir, r#", "vmm": "true", "agent_ports": 2"#);
+        let blob = hv.create_vm("sb1", &config(tmp.path())).unwrap();
+        let state = VmState::decode(&blob).unwrap();
+        assert_eq!(state.lifecycle, state::Lifecycle::Created);
+        assert!(state.argv[0].ends_with("/true"));
+        let dir = run_dir.join("sb1");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "create_vm writes nothing in the VM dir"
+        );
+        assert_eq!(hv.vm_status(&blob).unwrap(), "created");
+        let endpoint = hv.agent_endpoint(&blob).unwrap();
+        let d = dir.display();
+        assert_eq!(
+            endpoint,
+            format!("hvsock:{d}/vsock.sock:1024,serial:{d}/agent-0.sock,serial:{d}/agent-1.sock")
+        );
+        // A second create of the same id finds no live vmm there and starts afresh.
+        std::fs::write(dir.join("vmm.pid"), "999999999\n").unwrap();
+        hv.create_vm("sb1", &config(tmp.path())).unwrap();
+        assert!(!dir.join("vmm.pid").exists());
+        let e = hv.pause_vm(&blob).unwrap_err();
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("sb1 is created"),
+            "{e}"
+        );
+        let stopped = hv.stop_vm(&blob).unwrap();
+        assert!(!dir.exists());
+        assert_eq!(hv.vm_status(&stopped).unwrap(), "stopped");
+        hv.stop_vm(&stopped).unwrap();
+        let e = hv.start_vm(&stopped).unwrap_err();
+        assert!(e.message.contains("is stopped: cannot start"), "{e}");
+        assert!(hv.agent_endpoint(&stopped).is_err());
+
+        let hv = hypervisor(
+            &run_dir,
+            r#", "vmm": "true", "vsock": false, "agent_ports": 1"#,
+        );
+        let blob = hv.create_vm("sb2", &config(tmp.path())).unwrap();
+        assert_eq!(
+            hv.agent_endpoint(&blob).unwrap(),
+            format!("serial:{}/agent-0.sock", run_dir.join("sb2").display())
+        );
+        hv.stop_vm(&blob).unwrap();
+    }
+
+    #[test]
+    fn create_errors_are_typed_and_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hv = hypervisor(&tmp.path().join("run"), r#", "vmm": "/no/such/vmm""#);
+        let e = hv.create_vm("sb1", &config(tmp.path())).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NOT_FOUND);
+        assert!(
+            e.message.contains("\"/no/such/vmm\"") && e.message.contains("vmm binary"),
+            "{e}"
+        );
+
+        let hv = hypervisor(&tmp.path().join("run"), r#", "vmm": "true""#);
+        let mut c = config(tmp.path());
+        c.kernel = tmp.path().join("vmlinuz");
+        std::fs::write(&c.kernel, b"MZ\x00\x00 a bzImage").unwrap();
+        let e = hv.create_vm("sb1", &c).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::INVALID_INPUT);
+        assert!(
+            e.message.contains("not an ELF file")
+                && e.message.contains("vmlinuz")
+                && e.message.contains("vmlinux"),
+            "{e}"
+        );
+        std::fs::write(&c.kernel, b"\x7f").unwrap();
+        assert!(hv
+            .create_vm("sb1", &c)
+            .unwrap_err()
+            .message
+            .contains("not an ELF file"));
+
+        let e = hv.create_vm(".x", &config(tmp.path())).unwrap_err();
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("sandbox id"),
+            "{e}"
+        );
+        let mut c = config(tmp.path());
+        c.vcpus = 33;
+        let e = hv.create_vm("sb1", &c).unwrap_err();
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT
+                && e.message.contains("vcpus = 33")
+                && e.message.contains("1 to 32"),
+            "{e}"
+        );
+        let mut c = config(tmp.path());
+        c.memory_mib = 4096;
+        let e = hv.create_vm("sb1", &c).unwrap_err();
+        assert!(
+            e.message.contains("memory_mib = 4096") && e.message.contains("32 to 3072"),
+            "{e}"
+        );
+        let mut c = config(tmp.path());
+        c.extra = serde_json::json!({"cpus": 2});
+        assert!(hv
+            .create_vm("sb1", &c)
+            .unwrap_err()
+            .message
+            .contains("the kvm plugin takes no per-VM extra settings"));
+        let mut c = config(tmp.path());
+        c.disks = (0..18)
+            .map(|i| DiskConfig {
+                name: format!("d{i}"),
+                path: tmp.path().join("root.img"),
+                read_only: true,
+            })
+            .collect();
+        let e = hv.create_vm("sb1", &c).unwrap_err();
+        assert!(
+            e.kind == ErrorKind::INVALID_INPUT && e.message.contains("20 virtio devices (18 disks"),
+            "{e}"
+        );
+
+        let long = tmp.path().join("r".repeat(90));
+        let hv = hypervisor(&long, r#", "vmm": "true""#);
+        let e = hv.create_vm("sb1", &config(tmp.path())).unwrap_err();
+        assert!(e.message.contains("longer than 107 bytes"), "{e}");
+    }
+
+    #[test]
+    fn bad_blobs_are_invalid_input() {
+        let hv = KvmHypervisor::new(b"{}").unwrap();
+        for blob in [&b"not json"[..], br#"{"schema": "qemu-vm/1"}"#, b"[]"] {
+            let e = hv.vm_status(blob).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::INVALID_INPUT, "{e}");
+            assert!(e.message.contains("kvm VM state"), "{e}");
+            assert!(
+                hv.stop_vm(blob).is_err()
+                    && hv.start_vm(blob).is_err()
+                    && hv.agent_endpoint(blob).is_err()
+            );
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The per-VM directory `<run_dir>/<sandbox_id>/` (mode 0700) that holds a VM's sockets and
+//! pid file, and the checks on the paths in it.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// A file-system operation on a VM directory failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path:?}")]
+pub struct DirError {
+    /// What was being done.
+    pub what: &'static str,
+    /// On what.
+    pub path: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DirError + 'a {
+    move |source| DirError { what, path: path.to_owned(), source }
+}
+
+/// The first of `paths` too long for a Unix socket address, if any.
+pub fn too_long_socket(paths: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    paths.into_iter().find(|p| p.as_os_str().len() > MAX_SOCKET_PATH)
+}
+
+/// Whether `dir` is an absolute, normal `<run_dir>/<sandbox_id>` path (what a state blob may
+/// name as the directory that stopping deletes).
+pub fn is_vm_dir(dir: &Path, sandbox_id: &str) -> bool {
+    let normal = dir.is_absolute() && dir.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    normal && dir.file_name().and_then(|n| n.to_str()) == Some(sandbox_id)
+}
+
+/// Creates `dir` (and its parent, the run directory) if it does not exist, and sets its mode
+/// to exactly 0700 (the umask may have taken bits off).
+pub fn ensure_private(dir: &Path) -> Result<(), DirError> {
+    if !dir.is_dir() {
+        if let Some(run_dir) = dir.parent() {
+            std::fs::create_dir_all(run_dir).map_err(io_error("creating the run directory", run_dir))?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(io_error("creating the VM directory", dir))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_error("setting the mode of the VM directory", dir))
+}
+
+/// Makes `dir` fresh (removing whatever is there) and private. The caller has checked that no
+/// live VMM uses it.
+pub fn fresh_private(dir: &Path) -> Result<(), DirError> {
+    if std::fs::symlink_metadata(dir).is_ok() {
+        tracing::info!("removing the stale VM directory {dir:?}");
+        remove(dir)?;
+    }
+    ensure_private(dir)
+}
+
+/// Removes `dir` and everything in it; a directory already gone is fine.
+pub fn remove(dir: &Path) -> Result<(), DirError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("removing the VM directory", dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes files a previous run may have left (sockets, pid files); missing ones are fine.
+pub fn remove_stale(paths: impl IntoIterator<Item = PathBuf>) -> Result<(), DirError> {
+    for path in paths {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error("removing the stale", &path)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_dirs() {
+        assert!(is_vm_dir(Path::new("/run/q/sb1"), "sb1"));
+        for bad in ["relative/sb1", "/run/q/other", "/run/../sb1", "/"] {
+            assert!(!is_vm_dir(Path::new(bad), "sb1"), "{bad}");
+        }
+        assert_eq!(too_long_socket([PathBuf::from("/run/q/sb1/x.sock")]), None);
+        let long = PathBuf::from(format!("/{}", "d".repeat(107)));
+        assert_eq!(too_long_socket([PathBuf::from("/a"), long.clone()]), Some(long));
+    }
+
+    #[test]
+    fn fresh_private_and_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run/sb1");
+        fresh_private(&dir).unwrap();
+        std::fs::write(dir.join("old.pid"), "1").unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(dir.join("old.pid").exists(), "ensure_private keeps the contents");
+        fresh_private(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::write(dir.join("a.sock"), "").unwrap();
+        remove_stale([dir.join("a.sock"), dir.join("never-there")]).unwrap();
+        assert!(!dir.join("a.sock").exists());
+        remove(&dir).unwrap();
+        remove(&dir).unwrap();
+        assert!(!dir.exists());
+        std::fs::write(tmp.path().join("file"), "").unwrap();
+        let e = ensure_private(&tmp.path().join("file/sub")).unwrap_err().to_string();
+        assert!(e.contains("creating the run directory") && e.contains("file\""), "{e}");
+    }
+}
