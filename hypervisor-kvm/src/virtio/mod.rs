@@ -11,6 +11,7 @@
 //! the guest with length 0 when possible, and the device goes on.
 
 pub mod mmio;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
