@@ -12,14 +12,15 @@
 //! Configuration space: the guest's CID, a read-only `le64`.
 //!
 //! Layout: [`packet`] (header), [`connection`] (one connection's state and credit),
-//! [`muxer`] (connections, listener, handshakes), [`queue`] (rx/tx processing), `worker`
-//! (the epoll loop), [`metrics`].
+//! [`muxer`] (connections, listener, handshakes), [`uds`] (the Unix-socket conventions),
+//! [`queue`] (rx/tx processing), `worker` (the epoll loop), [`metrics`].
 
 pub mod connection;
 pub mod metrics;
 pub mod muxer;
 pub mod packet;
 pub mod queue;
+pub mod uds;
 mod worker;
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::connection::{ConnError, Connection, Interest};
 use super::metrics::VsockMetrics;
 use super::packet::{Header, Op, PacketError, HOST_CID, OP_RST};
 use super::queue::VsockBackend;
+use super::uds::{connect_nonblocking, parse_connect};
 use crate::pio::RateLimit;
 
 /// The epoll token under which [`Muxer::sync`] registers the listener.
@@ -29,8 +30,7 @@ pub const LISTENER_TOKEN: u64 = 3;
 pub const FIRST_TOKEN: u64 = 16;
 /// Local ports of host-initiated connections count up from here.
 pub const FIRST_LOCAL_PORT: u32 = 1 << 30;
-/// The longest `CONNECT` line, newline included.
-pub const MAX_CONNECT_LINE: usize = 32;
+pub use super::uds::MAX_CONNECT_LINE;
 /// RSTs for no connection that may wait for rx buffers; more are dropped.
 pub const MAX_PENDING_RST: usize = 1024;
 const ACCEPTS_PER_EVENT: usize = 64;
@@ -146,55 +146,6 @@ fn events(interest: Interest) -> EventSet {
         e |= EventSet::OUT;
     }
     e
-}
-
-/// Parses `CONNECT <port>` (the keyword in any case, as Firecracker accepts it).
-pub fn parse_connect(line: &[u8]) -> Result<u32, MuxerError> {
-    let malformed = || MuxerError::Malformed(String::from_utf8_lossy(line).into_owned());
-    let text = std::str::from_utf8(line).map_err(|_| malformed())?;
-    let mut words = text.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some(cmd), Some(port), None) if cmd.eq_ignore_ascii_case("CONNECT") => {
-            port.parse::<u32>().map_err(|_| malformed())
-        }
-        _ => Err(malformed()),
-    }
-}
-
-/// Connects to the Unix socket at `path` without blocking (a full backlog fails at once).
-pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all zeros is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(std::io::Error::new(ErrorKind::InvalidInput, "unusable socket path"));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-    let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // SAFETY: `addr` is a valid sockaddr_un that outlives the call and `len` does not exceed
-    // its size (the path is shorter than sun_path and NUL-terminated by the zeroing).
-    let rc = unsafe {
-        libc::connect(
-            stream.as_raw_fd(),
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stream)
 }
 
 impl Muxer {
@@ -368,8 +319,11 @@ impl Muxer {
             match hs.stream.read(&mut byte) {
                 Ok(0) => return self.drop_handshake(token, &MuxerError::Eof),
                 Ok(_) if byte[0] == b'\n' => match parse_connect(&hs.line) {
-                    Ok(port) => break port,
-                    Err(e) => return self.drop_handshake(token, &e),
+                    Some(port) => break port,
+                    None => {
+                        let line = String::from_utf8_lossy(&hs.line).into_owned();
+                        return self.drop_handshake(token, &MuxerError::Malformed(line));
+                    }
                 },
                 Ok(_) => hs.line.push(byte[0]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
