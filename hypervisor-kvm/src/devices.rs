@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::virtio::block::{Block, BlockError};
+use crate::virtio::console::{Console, ConsoleError};
+use crate::virtio::net::{Net, NetError};
+use crate::virtio::vsock::{Vsock, VsockError};
 use crate::virtio::VirtioDevice;
 
 /// Errors building the devices.
@@ -13,24 +16,44 @@ pub enum DeviceError {
     /// A virtio-blk device.
     #[error("disk {0}")]
     Block(String, #[source] BlockError),
-    /// A device kind this build cannot make yet.
-    #[error("{0} devices are not available yet")]
-    Unavailable(&'static str),
+    /// The virtio-console device of the serial ports.
+    #[error("the serial ports")]
+    Console(#[source] ConsoleError),
+    /// A virtio-net device.
+    #[error("the network device")]
+    Net(#[source] NetError),
+    /// The virtio-vsock device.
+    #[error("the vsock device")]
+    Vsock(#[source] VsockError),
 }
 
 /// Builds the device models, in command-line order (all serial ports share one
 /// virtio-console device, placed where the first one was given).
 pub fn build(configs: &[DeviceConfig]) -> Result<Vec<Box<dyn VirtioDevice>>, DeviceError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let ports: Vec<(String, PathBuf)> = configs
+        .iter()
+        .filter_map(|c| match c {
+            DeviceConfig::SerialPort { name, socket } => Some((name.clone(), socket.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut ports = Some(ports).filter(|p| !p.is_empty());
     for config in configs {
         match config {
             DeviceConfig::Block { path, read_only, id } => {
                 let block = Block::new(path, *read_only, id).map_err(|e| DeviceError::Block(path.display().to_string(), e))?;
                 devices.push(Box::new(block));
             }
-            DeviceConfig::Vsock { .. } => return Err(DeviceError::Unavailable("vsock")),
-            DeviceConfig::SerialPort { .. } => return Err(DeviceError::Unavailable("virtio-console")),
-            DeviceConfig::Net { .. } => return Err(DeviceError::Unavailable("virtio-net")),
+            DeviceConfig::Vsock { cid, socket } => {
+                devices.push(Box::new(Vsock::new(*cid, socket).map_err(DeviceError::Vsock)?))
+            }
+            DeviceConfig::SerialPort { .. } => {
+                if let Some(ports) = ports.take() {
+                    devices.push(Box::new(Console::new(&ports).map_err(DeviceError::Console)?));
+                }
+            }
+            DeviceConfig::Net { tap, mac } => devices.push(Box::new(Net::new(tap, *mac).map_err(DeviceError::Net)?)),
         }
     }
     Ok(devices)

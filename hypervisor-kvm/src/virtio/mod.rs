@@ -14,6 +14,7 @@ pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -183,6 +183,14 @@ impl Console {
     }
 }
 
+impl Drop for Console {
+    /// Stops the worker first, so that the sockets go back to this (unfiltered) thread and
+    /// are removed here: the worker's seccomp filter does not allow unlink.
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
 impl VirtioDevice for Console {
     fn device_type(&self) -> u32 {
         DEVICE_ID
