@@ -2,7 +2,7 @@
 //! DSDT that describes each virtio-mmio device as `LNRO0005`, the ID the Linux virtio-mmio
 //! driver matches. The guest finds the RSDP through the PVH start info.
 
-use acpi_tables::aml::{Device, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate};
+use acpi_tables::aml::{Device, EISAName, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, IO};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
@@ -45,8 +45,22 @@ pub struct MmioDeviceInfo {
     pub gsi: u32,
 }
 
+/// COM1 as a PNP0501 device. A hardware-reduced ACPI platform has no legacy PIC, so Linux
+/// maps no ISA interrupts by itself: without this the 8250 driver's IRQ 4 never fires and
+/// user-space writes to the console block for ever.
+fn com1(body: &mut Vec<u8>) {
+    let io = IO::new(crate::serial::COM1_BASE, crate::serial::COM1_BASE, 1, crate::serial::COM1_LEN as u8);
+    let irq = Interrupt::new(true, true, false, false, crate::serial::COM1_IRQ);
+    let crs = ResourceTemplate::new(vec![&io, &irq]);
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0501"));
+    let uid = Name::new("_UID".into(), &0u32);
+    let crs_name = Name::new("_CRS".into(), &crs);
+    Device::new("_SB_.COM1".into(), vec![&hid, &uid, &crs_name]).to_aml_bytes(body);
+}
+
 fn dsdt(devices: &[MmioDeviceInfo]) -> Sdt {
     let mut body = Vec::new();
+    com1(&mut body);
     for (i, dev) in devices.iter().enumerate() {
         let uid = i as u32;
         let mem = Memory32Fixed::new(true, dev.base as u32, dev.size as u32);
@@ -236,6 +250,7 @@ mod tests {
         let aml = dsdt.as_slice();
         let count = aml.windows(8).filter(|w| w == b"LNRO0005").count();
         assert_eq!(count, 2);
+        assert!(aml.windows(4).any(|w| w == b"COM1"), "COM1 is described");
         assert!(aml.windows(4).any(|w| w == b"V001"));
     }
 
