@@ -25,11 +25,14 @@ pub fn vmm_binary() -> PathBuf {
 
 /// The guest image for a hypervisor-kvm end-to-end test, or `None` after saying why it
 /// skips. Without hardware KVM the test cannot run on this machine at all (the nested tier
-/// runs it), so that skip is allowed even in strict mode; a missing `vmm` or image where
+/// runs it), so that skip is allowed even in strict mode; missing root, `vmm` or image where
 /// KVM works fails under strict mode.
 pub fn image_or_skip() -> Option<GuestImage> {
     if !hardware_kvm() {
         eprintln!("SKIP: /dev/kvm cannot boot a Linux guest here (no vmx/svm); `cargo xtask nested-test` runs this test in a nested L1");
+        return None;
+    }
+    if crate::skip_unless(crate::is_root(), "the VM's network is a tap the vmm creates, which needs root") {
         return None;
     }
     if crate::skip_unless(vmm_binary().exists(), "the vmm binary is not built: cargo build -p hypervisor-kvm") {

@@ -38,6 +38,15 @@ impl Hypervisor {
     }
 }
 
+/// A tap name of at most 15 characters, unique to the runtime directory `dir` (the vmm
+/// creates the tap and it goes away with the vmm), so that the guest has an `eth0` as it has
+/// under QEMU's user networking.
+fn tap_name(dir: &Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tail: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("sbt{}", &tail[tail.len().saturating_sub(12)..])
+}
+
 /// Writes the config for `image` under `dir`, on the QEMU plugin.
 pub fn write_config(dir: &Path, image: &GuestImage) -> PathBuf {
     write_config_for(dir, image, Hypervisor::Qemu)
@@ -48,7 +57,12 @@ pub fn write_config_for(dir: &Path, image: &GuestImage, hv: Hypervisor) -> PathB
     let config = dir.join("config.toml");
     let hypervisor = match hv {
         Hypervisor::Qemu => format!("plugin = \"qemu\"\nkernel = {:?}", image.vmlinuz),
-        Hypervisor::Kvm => format!("plugin = \"kvm\"\nkernel = {:?}\nvmm = {:?}", image.vmlinux, crate::kvm::vmm_binary()),
+        Hypervisor::Kvm => format!(
+            "plugin = \"kvm\"\nkernel = {:?}\nvmm = {:?}\nnetwork = \"tap:{}\"",
+            image.vmlinux,
+            crate::kvm::vmm_binary(),
+            tap_name(dir)
+        ),
     };
     let text = format!(
         "[storage]\nplugin = \"fs\"\npath = \"metadata\"\n\n\

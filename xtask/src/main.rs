@@ -7,6 +7,7 @@
 //! - `bench`: runs the benchmarks (release build).
 //! - `nested`: boots a nested-KVM L1 under QEMU/TCG and runs a command in it.
 //! - `nested-test`: runs the hypervisor-kvm end-to-end tests in that L1.
+//! - `nested-bench`: our vmm against QEMU (`-M pc`, `-M microvm`), side by side in that L1.
 
 mod deps;
 mod guest;
@@ -24,6 +25,8 @@ fn main() {
         Some("bench") => tasks::bench(&args[1..]),
         Some("nested") => nested::task(&args[1..]),
         Some("nested-test") => nested::suite::task(&args[1..]),
+        Some("nested-bench") => nested::bench::task(&args[1..]),
+        Some("nested-bench-inner") => nested::bench::inner(&args[1..]),
         _ => usage(),
     };
     if let Err(e) = result {
@@ -33,5 +36,5 @@ fn main() {
 }
 
 fn usage() -> Result<()> {
-    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args] | nested [--timeout SECS] [-- COMMAND...] | nested-test [--timeout SECS]")
+    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args] | nested [--timeout SECS] [-- COMMAND...] | nested-test [--timeout SECS] | nested-bench [--rounds N]")
 }

@@ -2,6 +2,7 @@
 //! `sandbox_child CONFIG create SANDBOX_JSON` creates a sandbox, says so and waits to be
 //! killed; `sandbox_child CONFIG exec SANDBOX_ID` runs four processes in container `c1`.
 
+use hypervisor_kvm as _;
 use hypervisor_qemu as _;
 use runtime_core::sandbox::{ProcessConfig, Runtime, SandboxConfig};
 use storage_fs as _;

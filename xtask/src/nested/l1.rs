@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// Modules L1 loads, dependencies resolved from their `.modinfo`.
-const WANTED: &[&str] = &["kvm_amd", "9p", "9pnet_virtio", "virtio_pci"];
+const WANTED: &[&str] = &["kvm_amd", "9p", "9pnet_virtio", "virtio_pci", "tun"];
 
 /// The L1 kernel and initramfs.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@
 //! has `/dev/kvm`. Every step has a timeout; a hung L1 is retried once, and the report says
 //! which step hung.
 
+pub mod bench;
 mod l1;
 mod run;
 pub mod suite;

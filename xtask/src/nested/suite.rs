@@ -55,20 +55,17 @@ fn script(binaries: &[(String, PathBuf, String)]) -> String {
     s
 }
 
-/// `cargo xtask nested-test [--timeout SECS]`.
-pub fn task(args: &[String]) -> Result<()> {
-    let mut timeout = Duration::from_secs(BINARY_TIMEOUT_S * SUITES.len() as u64 + 60);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--timeout" => {
-                let secs = it.next().and_then(|s| s.parse::<u64>().ok()).filter(|s| *s > 0);
-                let Some(secs) = secs else { bail!("--timeout needs a number of seconds") };
-                timeout = Duration::from_secs(secs);
-            }
-            other => bail!("unknown argument {other:?}; usage: cargo xtask nested-test [--timeout SECS]"),
-        }
-    }
+/// Whether this machine's `/dev/kvm` can boot Linux itself (vmx or svm): then the `::kvm`
+/// tests run directly in the normal suite and no L1 is needed.
+pub fn hardware_kvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    virt && std::path::Path::new("/dev/kvm").exists()
+}
+
+/// Builds, boots L1, runs the suites; returns the libtest result lines, or an error that says
+/// whether a test failed, a binary hung, or L1 itself did not work.
+pub fn run_suites(timeout: Duration) -> Result<Vec<String>> {
     let target = crate::tasks::target_dir()?;
     crate::tasks::build_for_nested()?;
     crate::guest::build(&target)?;
@@ -82,17 +79,39 @@ pub fn task(args: &[String]) -> Result<()> {
     if !outcome.kvm {
         bail!("L1 has no /dev/kvm: kvm_amd did not load (see the console above)");
     }
-    let results: Vec<&String> = outcome.output.iter().filter(|l| l.starts_with("test result:")).collect();
+    let results: Vec<String> = outcome.output.iter().filter(|l| l.starts_with("test result:")).cloned().collect();
     println!("nested-test: L1 up in {:.1} s; tests ran {:.1} s", outcome.boot.as_secs_f64(), outcome.ran.as_secs_f64());
-    for r in &results {
-        println!("nested-test: {r}");
-    }
     match outcome.status {
-        0 if results.len() == binaries.len() => Ok(()),
+        0 if results.len() == binaries.len() => Ok(results),
         0 => bail!("only {} of {} test binaries reported a result", results.len(), binaries.len()),
         2 => bail!("a test binary hung in L1 (see the HUNG line above)"),
-        n => bail!("hypervisor-kvm end-to-end tests failed in L1 (exit status {n})"),
+        n => bail!("hypervisor-kvm end-to-end tests failed in L1 (exit status {n}): {}", results.join("; ")),
     }
+}
+
+/// The default timeout of the whole L1 run.
+pub fn default_timeout() -> Duration {
+    Duration::from_secs(BINARY_TIMEOUT_S * SUITES.len() as u64 + 60)
+}
+
+/// `cargo xtask nested-test [--timeout SECS]`.
+pub fn task(args: &[String]) -> Result<()> {
+    let mut timeout = default_timeout();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--timeout" => {
+                let secs = it.next().and_then(|s| s.parse::<u64>().ok()).filter(|s| *s > 0);
+                let Some(secs) = secs else { bail!("--timeout needs a number of seconds") };
+                timeout = Duration::from_secs(secs);
+            }
+            other => bail!("unknown argument {other:?}; usage: cargo xtask nested-test [--timeout SECS]"),
+        }
+    }
+    for line in run_suites(timeout)? {
+        println!("nested-test: {line}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

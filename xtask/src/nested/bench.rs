@@ -1,0 +1,203 @@
+//! `cargo xtask nested-bench`: our `vmm` against QEMU (`-M pc` and `-M microvm`) side by side,
+//! in one run inside the nested L1, with the same kernel (the ELF vmlinux, PVH), initramfs,
+//! vCPUs, memory and kernel command line. For each boot: the time from spawning the VMM to the
+//! agent's "agent ready" line on the serial console, and the VMM's peak RSS (`VmHWM`) at
+//! that moment. Medians of the rounds, and ratios against QEMU `-M pc`.
+//!
+//! The host side builds what is needed and boots L1; L1 runs `xtask nested-bench-inner`
+//! (this same binary) with the paths.
+
+use anyhow::{bail, Context, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{l1, run};
+
+const MEMORY_MIB: u32 = 256;
+const VCPUS: u32 = 1;
+const CMDLINE: &str = "console=ttyS0 panic=-1 quiet reboot=k agent.channels=serial:agent.0";
+const READY: &str = "agent ready";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One VMM set-up under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    Ours,
+    QemuPc,
+    QemuMicrovm,
+}
+
+impl Vmm {
+    fn name(self) -> &'static str {
+        match self {
+            Vmm::Ours => "vmm (hypervisor-kvm)",
+            Vmm::QemuPc => "QEMU -M pc",
+            Vmm::QemuMicrovm => "QEMU -M microvm",
+        }
+    }
+
+    fn command(self, vmm: &Path, kernel: &Path, initrd: &Path, dir: &Path) -> Command {
+        let console = dir.join("console.log");
+        let socket = dir.join("agent-0.sock");
+        match self {
+            Vmm::Ours => {
+                let mut c = Command::new(vmm);
+                c.arg("--kernel").arg(kernel).arg("--initrd").arg(initrd);
+                c.args(["--cmdline", CMDLINE, "--memory-mib", &MEMORY_MIB.to_string(), "--vcpus", &VCPUS.to_string()]);
+                c.arg("--console-log").arg(&console);
+                c.arg("--serial-port").arg(format!("name=agent.0,socket={}", socket.display()));
+                c
+            }
+            Vmm::QemuPc | Vmm::QemuMicrovm => {
+                let (machine, bus) = if self == Vmm::QemuPc { ("pc", "virtio-serial-pci") } else { ("microvm", "virtio-serial-device") };
+                let mut c = Command::new("qemu-system-x86_64");
+                c.args(["-M", machine, "-accel", "kvm", "-cpu", "host", "-smp", &VCPUS.to_string(), "-m", &MEMORY_MIB.to_string()]);
+                c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", CMDLINE]);
+                c.args(["-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot"]);
+                c.arg("-serial").arg(format!("file:{}", console.display()));
+                c.args(["-device", bus]);
+                c.arg("-chardev").arg(format!("socket,id=a0,path={},server=on,wait=off", socket.display()));
+                c.args(["-device", "virtserialport,chardev=a0,name=agent.0"]);
+                c
+            }
+        }
+    }
+}
+
+/// Peak RSS of `pid` in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Spawns one VMM and waits for the agent: (time to ready, peak RSS in KiB).
+fn boot_once(which: Vmm, vmm: &Path, kernel: &Path, initrd: &Path) -> Result<(Duration, u64)> {
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    let console = dir.path().join("console.log");
+    let mut cmd = which.command(vmm, kernel, initrd, dir.path());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child: Child = cmd.spawn().with_context(|| format!("spawning {}", which.name()))?;
+    let result = loop {
+        if std::fs::read_to_string(&console).is_ok_and(|c| c.contains(READY)) {
+            let elapsed = start.elapsed();
+            let rss = peak_rss_kib(child.id()).context("reading the VMM's VmHWM")?;
+            break Ok((elapsed, rss));
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            break Err(anyhow::anyhow!("{} exited ({status}) before the agent was ready: {err}", which.name()));
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            break Err(anyhow::anyhow!("{}: no {READY:?} on the console within {BOOT_TIMEOUT:?}", which.name()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs inside L1: `xtask nested-bench-inner VMM KERNEL INITRD ROUNDS`.
+pub fn inner(args: &[String]) -> Result<()> {
+    let [vmm, kernel, initrd, rounds] = args else { bail!("usage: xtask nested-bench-inner VMM KERNEL INITRD ROUNDS") };
+    let rounds: usize = rounds.parse().context("ROUNDS")?;
+    let (vmm, kernel, initrd) = (PathBuf::from(vmm), PathBuf::from(kernel), PathBuf::from(initrd));
+    let all = [Vmm::Ours, Vmm::QemuPc, Vmm::QemuMicrovm];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+    let mut rss: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+    // Interleaved rounds, so a slow phase of the shared machine hits every VMM alike.
+    for round in 0..rounds {
+        for (i, which) in all.iter().enumerate() {
+            let (t, kib) = boot_once(*which, &vmm, &kernel, &initrd)?;
+            println!("bench: round {} {:<22} ready {:>7.1} ms  peak RSS {:>7} KiB", round + 1, which.name(), t.as_secs_f64() * 1e3, kib);
+            times[i].push(t.as_secs_f64() * 1e3);
+            rss[i].push(kib as f64);
+        }
+    }
+    let (t_pc, r_pc) = (median(times[1].clone()), median(rss[1].clone()));
+    println!("bench: medians of {rounds} rounds; {VCPUS} vCPU, {MEMORY_MIB} MiB, ELF vmlinux (PVH), the guest initramfs, cmdline {CMDLINE:?}");
+    for (i, which) in all.iter().enumerate() {
+        let (t, r) = (median(times[i].clone()), median(rss[i].clone()));
+        println!(
+            "bench: {:<22} spawn to agent ready {:>7.1} ms ({:.2}x faster than QEMU -M pc), peak RSS {:>7.0} KiB ({:.2}x of QEMU -M pc)",
+            which.name(),
+            t,
+            t_pc / t,
+            r,
+            r / r_pc
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask nested-bench [--rounds N]`.
+pub fn task(args: &[String]) -> Result<()> {
+    let mut rounds = 5usize;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--rounds" => rounds = it.next().and_then(|s| s.parse().ok()).filter(|n| *n > 0).context("--rounds needs a positive number")?,
+            other => bail!("unknown argument {other:?}; usage: cargo xtask nested-bench [--rounds N]"),
+        }
+    }
+    let target = crate::tasks::target_dir()?;
+    crate::tasks::build_vmm_release()?;
+    let image = crate::guest::build(&target)?;
+    let xtask = std::env::current_exe().context("the xtask binary")?;
+    let command: Vec<String> = vec![
+        xtask.display().to_string(),
+        "nested-bench-inner".into(),
+        target.join("release/vmm").display().to_string(),
+        image.vmlinux.display().to_string(),
+        image.initramfs.display().to_string(),
+        rounds.to_string(),
+    ];
+    let l1_image = l1::build_with(&target, &command)?;
+    let per_round = 3 * BOOT_TIMEOUT.as_secs();
+    let outcome = run(&l1_image, Duration::from_secs(per_round * rounds as u64 + 60))?;
+    println!("nested-bench: L1 up in {:.1} s, ran {:.1} s", outcome.boot.as_secs_f64(), outcome.ran.as_secs_f64());
+    if outcome.status != 0 {
+        bail!("the benchmark failed in L1 (exit status {})", outcome.status);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn the_three_command_lines_share_kernel_initrd_and_sizes() {
+        let (v, k, i, d) = (Path::new("/v"), Path::new("/k"), Path::new("/i"), Path::new("/d"));
+        for which in [Vmm::Ours, Vmm::QemuPc, Vmm::QemuMicrovm] {
+            let c = which.command(v, k, i, d);
+            let args: Vec<String> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+            for needed in ["/k", "/i", CMDLINE, "256"] {
+                assert!(args.iter().any(|a| a == needed), "{which:?} lacks {needed}: {args:?}");
+            }
+        }
+    }
+}
