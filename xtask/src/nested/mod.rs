@@ -18,6 +18,14 @@ pub use run::run;
 use anyhow::{bail, Result};
 use std::time::Duration;
 
+/// The value of a `--timeout SECS` option.
+pub fn timeout_arg(value: Option<&String>) -> Result<Duration> {
+    match value.and_then(|s| s.parse::<u64>().ok()).filter(|s| *s > 0) {
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => bail!("--timeout needs a number of seconds"),
+    }
+}
+
 /// `cargo xtask nested ...`
 pub fn task(args: &[String]) -> Result<()> {
     let mut timeout = Duration::from_secs(600);
@@ -25,11 +33,7 @@ pub fn task(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--timeout" => {
-                let secs = it.next().and_then(|s| s.parse::<u64>().ok()).filter(|s| *s > 0);
-                let Some(secs) = secs else { bail!("--timeout needs a number of seconds") };
-                timeout = Duration::from_secs(secs);
-            }
+            "--timeout" => timeout = timeout_arg(it.next())?,
             "--" => {
                 command = it.by_ref().cloned().collect();
             }

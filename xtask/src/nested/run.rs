@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 /// How long L1 may take to boot and load its modules (about 10 s under TCG here).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the command may print nothing before L1 counts as hung: every command we run
+/// prints at least a line a minute (a test's result, a benchmark boot), so five minutes of
+/// silence is a hang, not a slow step.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A step of a run, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,12 +91,16 @@ fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
     let mut tail: Vec<String> = Vec::new();
     let mut step = Step::Boot;
     let mut deadline = spawned + BOOT_TIMEOUT;
+    let mut last_line = spawned;
     let (mut boot, mut kvm) = (Duration::ZERO, false);
     let mut output = Vec::new();
     let result = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let limit = if step == Step::Command { deadline.min(last_line + IDLE_TIMEOUT) } else { deadline };
+        let left = limit.saturating_duration_since(now);
         match rx.recv_timeout(left) {
             Ok(line) => {
+                last_line = Instant::now();
                 let line = line.trim_end_matches('\r').to_owned();
                 if let Some(rest) = line.strip_prefix("NESTED-READY ") {
                     boot = spawned.elapsed();
@@ -111,7 +119,10 @@ fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
                     tail.remove(0);
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => break Attempt::Hung(step, tail.join("\n")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let why = if Instant::now() >= deadline { "reached its time limit" } else { "printed nothing for 300 s" };
+                break Attempt::Hung(step, format!("({why})\n{}", tail.join("\n")));
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.wait();
                 bail!("L1 exited in step {step:?} without a result; last console lines:\n{}", tail.join("\n"));

@@ -100,11 +100,7 @@ pub fn task(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--timeout" => {
-                let secs = it.next().and_then(|s| s.parse::<u64>().ok()).filter(|s| *s > 0);
-                let Some(secs) = secs else { bail!("--timeout needs a number of seconds") };
-                timeout = Duration::from_secs(secs);
-            }
+            "--timeout" => timeout = super::timeout_arg(it.next())?,
             other => bail!("unknown argument {other:?}; usage: cargo xtask nested-test [--timeout SECS]"),
         }
     }
