@@ -4,7 +4,6 @@
 use integration_tests::{
     build_out_of_tree, fixture, install, is_root, private_dir, skip_unless, workspace_plugin,
 };
-use plugin_api::hypervisor::HypervisorConfig;
 use plugin_api::{ErrorKind, PluginKind};
 use runtime_core::plugins::{error_chain, LoadError, Registry, RegistryError};
 use serde_json::json;
@@ -166,17 +165,7 @@ fn the_hypervisor_plugins_load_from_their_libraries() {
     let kvm = registry.open_hypervisor("kvm", &json!({"vmm": "true", "run_dir": work.path().join("run"), "agent_ports": 1})).unwrap();
     let kernel = work.path().join("vmlinux");
     std::fs::write(&kernel, b"\x7fELF, enough for the check").unwrap();
-    let config = HypervisorConfig {
-        schema: 1,
-        kernel,
-        initrd: None,
-        kernel_params: String::new(),
-        vcpus: 1,
-        memory_mib: 128,
-        extra: serde_json::Value::Null,
-        console_log: None,
-        disks: vec![],
-    };
+    let config = vm_process::testing::hypervisor_config(kernel);
     let blob = kvm.create_vm("sb1", &config).unwrap();
     assert_eq!(kvm.vm_status(&blob).unwrap(), "created");
     let vm_dir = work.path().join("run/sb1");

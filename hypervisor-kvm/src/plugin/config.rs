@@ -3,34 +3,19 @@
 
 use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
-use vm_process::spec::option_safe_path;
+use vm_process::config::ConfigCheck;
+pub use vm_process::config::ConfigError;
 
 /// The name of the VMM binary this crate builds.
 pub const VMM_BINARY: &str = "vmm";
 /// Where VM directories go by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/sandbox-runtime/kvm";
 /// The most serial agent ports a VM may have.
-pub const MAX_AGENT_PORTS: u32 = 8;
+pub const MAX_AGENT_PORTS: u32 = vm_process::agent::MAX_AGENT_PORTS;
 /// The longest Linux interface name (`IFNAMSIZ` less its NUL).
 pub const MAX_TAP_NAME: usize = 15;
-
-/// Why the plugin config is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The JSON did not parse (an unknown key, a wrong type, a bad network value).
-    #[error("kvm plugin config: {0}")]
-    Malformed(#[source] serde_json::Error),
-    /// A key has a value out of its range.
-    #[error("kvm plugin config: {key} = {value}: {why}")]
-    BadValue {
-        /// The key.
-        key: &'static str,
-        /// The value, as given.
-        value: String,
-        /// What is allowed.
-        why: &'static str,
-    },
-}
+/// Checks this config; its errors start with `kvm plugin config`.
+const CHECK: ConfigCheck = ConfigCheck("kvm plugin config");
 
 /// The guest's network.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -104,56 +89,13 @@ impl KvmConfig {
     /// Parses and checks the config. Empty input and `null` mean all defaults. A relative
     /// `run_dir` is made absolute against the current directory (the vmm runs from `/`).
     pub fn parse(bytes: &[u8]) -> Result<KvmConfig, ConfigError> {
-        let trimmed = bytes.trim_ascii();
-        let mut config: KvmConfig = if trimmed.is_empty() || trimmed == b"null" {
-            KvmConfig::default()
-        } else {
-            serde_json::from_slice(trimmed).map_err(ConfigError::Malformed)?
-        };
-        let bad = |key, value: String, why| ConfigError::BadValue { key, value, why };
+        let mut config: KvmConfig = CHECK.parse(bytes)?;
         if let Some(vmm) = &config.vmm {
-            if vmm.is_empty() || vmm.contains('\0') {
-                return Err(bad(
-                    "vmm",
-                    format!("{vmm:?}"),
-                    "must be a non-empty program name or path",
-                ));
-            }
+            CHECK.program("vmm", vmm)?;
         }
-        if !(1..=MAX_AGENT_PORTS).contains(&config.agent_ports) {
-            return Err(bad(
-                "agent_ports",
-                config.agent_ports.to_string(),
-                "must be 1 to 8",
-            ));
-        }
-        if config.stop_timeout_ms == 0 || config.stop_timeout_ms > 600_000 {
-            return Err(bad(
-                "stop_timeout_ms",
-                config.stop_timeout_ms.to_string(),
-                "must be 1 to 600000",
-            ));
-        }
-        if config.run_dir.as_os_str().is_empty() {
-            return Err(bad("run_dir", "\"\"".into(), "must be a directory path"));
-        }
-        if config.run_dir.is_relative() {
-            let cwd = std::env::current_dir().map_err(|_| {
-                bad(
-                    "run_dir",
-                    format!("{:?}", config.run_dir),
-                    "is relative and the current directory is unknown",
-                )
-            })?;
-            config.run_dir = cwd.join(&config.run_dir);
-        }
-        if !option_safe_path(&config.run_dir) {
-            return Err(bad(
-                "run_dir",
-                format!("{:?}", config.run_dir),
-                "must be UTF-8 without ',' or control characters",
-            ));
-        }
+        CHECK.agent_ports(config.agent_ports)?;
+        CHECK.stop_timeout_ms(config.stop_timeout_ms)?;
+        config.run_dir = CHECK.run_dir(&config.run_dir)?;
         Ok(config)
     }
 

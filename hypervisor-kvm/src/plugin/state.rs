@@ -8,13 +8,14 @@
 //! ```
 //!
 //! `start_time` is field 22 of `/proc/<pid>/stat` (clock ticks after boot): with the pid it
-//! names one process, so a reused pid is never mistaken for the vmm.
+//! names one process, so a reused pid is never mistaken for the vmm. The envelope and its
+//! checks are [`vm_process::state`]'s; this plugin adds [`KvmFields`].
 
-use super::config::MAX_AGENT_PORTS;
 use super::vm::VmDir;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-use vm_process::blob::{BlobError, Schema};
+use vm_process::blob::Schema;
+pub use vm_process::state::StateError;
+use vm_process::state::VmFields;
 pub use vm_process::Lifecycle;
 
 /// This plugin's blob schema (`kvm-vm/1`).
@@ -24,103 +25,30 @@ pub const SCHEMA: Schema = Schema {
     version: 1,
 };
 
-/// Why a state blob is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// Not JSON, not this schema, or not its shape.
-    #[error(transparent)]
-    Blob(#[from] BlobError),
-    /// The right shape with inconsistent values.
-    #[error("kvm VM state of sandbox {sandbox_id:?}: {what}")]
-    Inconsistent {
-        /// The sandbox the blob claims to be.
-        sandbox_id: String,
-        /// What is wrong.
-        what: String,
-    },
-}
+/// The state blob: the shared envelope around [`KvmFields`].
+pub type VmState = vm_process::state::VmState<KvmFields>;
 
-/// The state blob.
+/// What this plugin adds to the state blob.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct VmState {
-    /// `kvm-vm/<version>`.
-    pub schema: String,
-    /// The sandbox.
-    pub sandbox_id: String,
-    /// The VM directory (`<run_dir>/<sandbox_id>`).
-    pub dir: PathBuf,
-    /// The vmm's full argv, the binary first.
-    pub argv: Vec<String>,
+pub struct KvmFields {
     /// How many serial agent ports the VM has.
     pub agent_ports: u32,
     /// Whether the VM has a vsock device (hybrid vsock on `<dir>/vsock.sock`).
     pub vsock: bool,
-    /// Where the VM is in its life.
-    pub lifecycle: Lifecycle,
-    /// The vmm's pid, once started.
-    pub pid: Option<i32>,
-    /// The vmm's start time (field 22 of `/proc/<pid>/stat`), once started.
-    pub start_time: Option<u64>,
 }
 
-impl VmState {
-    /// The VM directory.
-    pub fn vm_dir(&self) -> VmDir {
-        VmDir(self.dir.clone())
+impl VmFields for KvmFields {
+    const SCHEMA: Schema = SCHEMA;
+    const PROGRAM: &'static str = "vmm";
+    type Dir = VmDir;
+
+    fn agent_ports(&self) -> u32 {
+        self.agent_ports
     }
 
-    /// The pid and start time of a started VM.
-    pub fn process(&self) -> Option<(i32, u64)> {
-        self.pid.zip(self.start_time)
-    }
-
-    /// Encodes the blob.
-    pub fn encode(&self) -> Vec<u8> {
-        // A struct of strings, numbers and enums always serializes.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Decodes and checks a blob: the schema first (so a foreign blob says so), then the shape,
-    /// then the values later calls rely on (the directory they delete, the pid they signal).
-    pub fn decode(bytes: &[u8]) -> Result<VmState, StateError> {
-        let state: VmState = SCHEMA.decode(bytes)?;
-        state.check()?;
-        Ok(state)
-    }
-
-    fn check(&self) -> Result<(), StateError> {
-        let bad = |what: String| StateError::Inconsistent {
-            sandbox_id: self.sandbox_id.clone(),
-            what,
-        };
-        vm_process::validate_sandbox_id(&self.sandbox_id).map_err(|e| bad(e.to_string()))?;
-        if !vm_process::dir::is_vm_dir(&self.dir, &self.sandbox_id) {
-            return Err(bad(format!(
-                "dir {:?} is not an absolute <run_dir>/<sandbox_id> path",
-                self.dir
-            )));
-        }
-        if !self.argv.first().is_some_and(|a| a.starts_with('/')) {
-            return Err(bad(format!(
-                "argv {:?} does not start with an absolute vmm path",
-                self.argv.first()
-            )));
-        }
-        if !(1..=MAX_AGENT_PORTS).contains(&self.agent_ports) {
-            return Err(bad(format!(
-                "agent_ports {} is not 1 to {MAX_AGENT_PORTS}",
-                self.agent_ports
-            )));
-        }
-        if self.pid.is_some_and(|pid| pid <= 1) {
-            return Err(bad(format!("pid {:?} cannot be a vmm process", self.pid)));
-        }
-        if self.lifecycle.started() && self.process().is_none() {
-            return Err(bad(format!(
-                "it is {} but has no pid and start_time",
-                self.lifecycle.name()
-            )));
+    fn check(state: &VmState) -> Result<(), String> {
+        if state.pid.is_some_and(|pid| pid <= 1) {
+            return Err(format!("pid {:?} cannot be a vmm process", state.pid));
         }
         Ok(())
     }
@@ -141,8 +69,10 @@ mod tests {
                 "--kernel".into(),
                 "/img/vmlinux".into(),
             ],
-            agent_ports: 4,
-            vsock: true,
+            fields: KvmFields {
+                agent_ports: 4,
+                vsock: true,
+            },
             lifecycle: Lifecycle::Running,
             pid: Some(4242),
             start_time: Some(99),

@@ -3,7 +3,7 @@
 //! can carry on where another left off.
 
 use super::config::{KvmConfig, Network};
-use super::state::{Lifecycle, StateError, VmState, SCHEMA};
+use super::state::{KvmFields, Lifecycle, StateError, VmState};
 use crate::api::client::{self, ClientError};
 use crate::layout::{MAX_DEVICES, MAX_VCPUS};
 use crate::memory::{MAX_MEMORY_BYTES, MIN_MEMORY_BYTES};
@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use vm_process::agent::{self, AGENT_VSOCK_PORT};
+use vm_process::argv::Argv;
 use vm_process::dir::{self as vm_dir, DirError};
 use vm_process::process::{self, ProcessError, KILL_WAIT};
 use vm_process::spec::{Limits, SpecError, VmSpec};
@@ -144,6 +145,12 @@ fn looked_at(paths: &[PathBuf]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDir(pub PathBuf);
 
+impl From<PathBuf> for VmDir {
+    fn from(dir: PathBuf) -> VmDir {
+        VmDir(dir)
+    }
+}
+
 impl VmDir {
     /// The directory.
     pub fn path(&self) -> &Path {
@@ -198,38 +205,30 @@ pub struct VmArgs<'a> {
 /// starts the vCPUs) and daemonizes. Paths are absolute and were checked to hold no ','.
 pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     let s = a.spec;
-    let mut argv: Vec<String> = Vec::new();
-    let mut push = |args: &[&str]| argv.extend(args.iter().map(|s| (*s).to_owned()));
-    let path = |p: &Path| p.display().to_string();
-
-    push(&[&path(a.vmm)]);
-    push(&["--kernel", &path(&s.kernel)]);
-    if let Some(initrd) = &s.initrd {
-        push(&["--initrd", &path(initrd)]);
-    }
+    let mut argv = Argv::new(a.vmm);
+    argv.path("--kernel", &s.kernel);
+    argv.opt_path("--initrd", s.initrd.as_deref());
     let cmdline = agent::kernel_cmdline(a.agent_ports, a.vsock, KERNEL_PARAMS, &s.kernel_params);
-    push(&["--cmdline", &cmdline]);
-    push(&[
+    argv.push(&["--cmdline", &cmdline]);
+    argv.push(&[
         "--memory-mib",
         &s.memory_mib.to_string(),
         "--vcpus",
         &s.vcpus.to_string(),
     ]);
-    let console = s
-        .console_log
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/dev/null"));
-    push(&["--console-log", &path(&console)]);
-    push(&["--api-socket", &path(&a.dir.api_socket()), "--paused"]);
+    let console = s.console_log.as_deref().unwrap_or(Path::new("/dev/null"));
+    argv.path("--console-log", console);
+    argv.path("--api-socket", &a.dir.api_socket());
+    argv.push(&["--paused"]);
     for d in &s.disks {
         let ro = if d.read_only { "on" } else { "off" };
-        push(&[
+        argv.push(&[
             "--disk",
             &format!("path={},ro={ro},id={}", d.path.display(), d.name),
         ]);
     }
     if a.vsock {
-        push(&[
+        argv.push(&[
             "--vsock",
             &format!("cid={VSOCK_CID},socket={}", a.dir.vsock_socket().display()),
         ]);
@@ -240,13 +239,14 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
             agent::port_name(n),
             a.dir.agent_socket(n).display()
         );
-        push(&["--serial-port", &port]);
+        argv.push(&["--serial-port", &port]);
     }
     if let Network::Tap(tap) = a.network {
-        push(&["--net", &format!("tap={tap}")]);
+        argv.push(&["--net", &format!("tap={tap}")]);
     }
-    push(&["--daemonize", "--pid-file", &path(&a.dir.pidfile())]);
-    argv
+    argv.push(&["--daemonize"]);
+    argv.path("--pid-file", &a.dir.pidfile());
+    argv.into_vec()
 }
 
 /// Checks that the kernel starts with the ELF magic.
@@ -308,17 +308,11 @@ pub fn create_vm(
     };
     let argv = build(&args);
     debug!(sandbox_id, ?argv, "vmm command line");
-    Ok(VmState {
-        schema: SCHEMA.current(),
-        sandbox_id: sandbox_id.to_owned(),
-        dir: dir.0,
-        argv,
+    let fields = KvmFields {
         agent_ports: config.agent_ports,
         vsock: config.vsock,
-        lifecycle: Lifecycle::Created,
-        pid: None,
-        start_time: None,
-    })
+    };
+    Ok(VmState::created(sandbox_id, dir.0, argv, fields))
 }
 
 /// The vmm named in the directory's pid file, if it is alive and serves this directory's API
@@ -363,7 +357,7 @@ pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
         });
     }
     vm_dir::ensure_private(dir.path())?;
-    let mut stale = dir.sockets(state.agent_ports);
+    let mut stale = dir.sockets(state.fields.agent_ports);
     stale.push(dir.pidfile());
     vm_dir::remove_stale(stale)?;
     run_daemonized(state, &dir)?;
@@ -567,10 +561,11 @@ pub fn agent_endpoint(state: &VmState) -> Result<String, VmError> {
     }
     let dir = state.vm_dir();
     let vsock = state
+        .fields
         .vsock
         .then(|| format!("hvsock:{}:{AGENT_VSOCK_PORT}", dir.vsock_socket().display()));
     let serial =
-        (0..state.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
+        (0..state.fields.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
     Ok(vsock
         .into_iter()
         .chain(serial)

@@ -35,15 +35,9 @@ impl Setup {
     /// A created VM whose kernel parameters steer the fake (`fake.fail`, `fake.noapi`, ...).
     fn create(&self, id: &str, params: &str) -> VmState {
         let hv = HypervisorConfig {
-            schema: 1,
-            kernel: self.tmp.path().join("vmlinux"),
-            initrd: None,
             kernel_params: params.into(),
-            vcpus: 1,
-            memory_mib: 128,
-            extra: serde_json::Value::Null,
             console_log: Some(self.tmp.path().join("console.log")),
-            disks: vec![],
+            ..vm_process::testing::hypervisor_config(self.tmp.path().join("vmlinux"))
         };
         vm::create_vm(&self.config, id, &hv).unwrap()
     }
@@ -123,17 +117,7 @@ fn a_vm_through_its_life() {
 }
 
 fn base() -> HypervisorConfig {
-    HypervisorConfig {
-        schema: 1,
-        kernel: PathBuf::new(),
-        initrd: None,
-        kernel_params: String::new(),
-        vcpus: 1,
-        memory_mib: 128,
-        extra: serde_json::Value::Null,
-        console_log: None,
-        disks: vec![],
-    }
+    vm_process::testing::hypervisor_config(PathBuf::new())
 }
 
 #[test]

@@ -6,12 +6,19 @@ use crate::spec::VmSpec;
 use std::path::{Path, PathBuf};
 pub use vm_process::agent::{agent_channels, AGENT_VSOCK_PORT};
 pub use vm_process::dir::MAX_SOCKET_PATH;
+use vm_process::argv::Argv;
 /// The prefix of the vsock device argument, followed by the CID.
 const VSOCK_DEVICE: &str = "vhost-vsock-pci,guest-cid=";
 
 /// The files in a VM's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDir(pub PathBuf);
+
+impl From<PathBuf> for VmDir {
+    fn from(dir: PathBuf) -> VmDir {
+        VmDir(dir)
+    }
+}
 
 impl VmDir {
     /// The directory.
@@ -62,46 +69,41 @@ pub struct VmArgs<'a> {
 /// QEMU's full argv, the binary first. Paths are absolute and were checked to hold no ','.
 pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     let s = a.spec;
-    let mut argv: Vec<String> = Vec::new();
-    let mut push = |args: &[&str]| argv.extend(args.iter().map(|s| (*s).to_owned()));
-    let path = |p: &Path| p.display().to_string();
-
-    push(&[&path(a.qemu)]);
-    push(&["-name", &format!("sandbox-{}", a.sandbox_id)]);
-    push(&["-M", a.machine, "-accel", a.accel.name(), "-cpu", a.accel.cpu()]);
-    push(&["-smp", &s.vcpus.to_string(), "-m", &s.memory_mib.to_string()]);
-    push(&["-kernel", &path(&s.kernel)]);
-    if let Some(initrd) = &s.initrd {
-        push(&["-initrd", &path(initrd)]);
-    }
+    let mut argv = Argv::new(a.qemu);
+    argv.push(&["-name", &format!("sandbox-{}", a.sandbox_id)]);
+    argv.push(&["-M", a.machine, "-accel", a.accel.name(), "-cpu", a.accel.cpu()]);
+    argv.push(&["-smp", &s.vcpus.to_string(), "-m", &s.memory_mib.to_string()]);
+    argv.path("-kernel", &s.kernel);
+    argv.opt_path("-initrd", s.initrd.as_deref());
     let append = vm_process::agent::kernel_cmdline(a.agent_ports, a.vsock_cid.is_some(), "", &s.kernel_params);
-    push(&["-append", &append]);
-    push(&["-display", "none", "-nodefaults", "-no-reboot", "-no-user-config", "-monitor", "none"]);
+    argv.push(&["-append", &append]);
+    argv.push(&["-display", "none", "-nodefaults", "-no-reboot", "-no-user-config", "-monitor", "none"]);
     let serial = match &s.console_log {
         Some(log) => format!("file:{}", log.display()),
         None => "null".into(),
     };
-    push(&["-serial", &serial]);
-    push(&["-qmp", &format!("unix:{},server=on,wait=off", a.dir.qmp_socket().display())]);
-    push(&["-device", "virtio-serial-pci"]);
+    argv.push(&["-serial", &serial]);
+    argv.push(&["-qmp", &format!("unix:{},server=on,wait=off", a.dir.qmp_socket().display())]);
+    argv.push(&["-device", "virtio-serial-pci"]);
     for n in 0..a.agent_ports {
         let chardev = format!("socket,id=agent{n},path={},server=on,wait=off", a.dir.agent_socket(n).display());
-        push(&["-chardev", &chardev]);
-        push(&["-device", &format!("virtserialport,chardev=agent{n},name={}", vm_process::agent::port_name(n))]);
+        argv.push(&["-chardev", &chardev]);
+        argv.push(&["-device", &format!("virtserialport,chardev=agent{n},name={}", vm_process::agent::port_name(n))]);
     }
     for (i, d) in s.disks.iter().enumerate() {
         let readonly = if d.read_only { "on" } else { "off" };
-        push(&["-drive", &format!("file={},if=none,id=disk{i},format=raw,readonly={readonly}", d.path.display())]);
-        push(&["-device", &format!("virtio-blk-pci,drive=disk{i},serial={}", d.name)]);
+        argv.push(&["-drive", &format!("file={},if=none,id=disk{i},format=raw,readonly={readonly}", d.path.display())]);
+        argv.push(&["-device", &format!("virtio-blk-pci,drive=disk{i},serial={}", d.name)]);
     }
     if a.network == Network::User {
-        push(&["-nic", "user,model=virtio-net-pci"]);
+        argv.push(&["-nic", "user,model=virtio-net-pci"]);
     }
     if let Some(cid) = a.vsock_cid {
-        push(&["-device", &format!("{VSOCK_DEVICE}{cid}")]);
+        argv.push(&["-device", &format!("{VSOCK_DEVICE}{cid}")]);
     }
-    push(&["-daemonize", "-pidfile", &path(&a.dir.pidfile())]);
-    argv
+    argv.push(&["-daemonize"]);
+    argv.path("-pidfile", &a.dir.pidfile());
+    argv.into_vec()
 }
 
 /// A vsock CID for `sandbox_id` (3 or more: 0 to 2 are reserved, `u32::MAX` is "any").

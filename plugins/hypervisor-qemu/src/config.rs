@@ -2,32 +2,17 @@
 
 use serde::Deserialize;
 use std::path::PathBuf;
-use vm_process::spec::option_safe_path;
+pub use vm_process::config::ConfigError;
+use vm_process::config::ConfigCheck;
 
 /// The QEMU binary used when the config names none.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// Where VM directories go by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/sandbox-runtime/qemu";
 /// The most virtio-serial agent ports a VM may have.
-pub const MAX_AGENT_PORTS: u32 = 8;
-
-/// Why the plugin config is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The JSON did not parse (an unknown key, a wrong type, a bad enum value).
-    #[error("hypervisor-qemu config: {0}")]
-    Malformed(#[source] serde_json::Error),
-    /// A key has a value out of its range.
-    #[error("hypervisor-qemu config: {key} = {value}: {why}")]
-    BadValue {
-        /// The key.
-        key: &'static str,
-        /// The value, as given.
-        value: String,
-        /// What is allowed.
-        why: &'static str,
-    },
-}
+pub const MAX_AGENT_PORTS: u32 = vm_process::agent::MAX_AGENT_PORTS;
+/// Checks this config; its errors start with `hypervisor-qemu config`.
+const CHECK: ConfigCheck = ConfigCheck("hypervisor-qemu config");
 
 /// Which accelerator to use.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,39 +78,16 @@ impl QemuConfig {
     /// Parses and checks the config. Empty input and `null` mean all defaults. A relative
     /// `run_dir` is made absolute against the current directory (QEMU runs from `/`).
     pub fn parse(bytes: &[u8]) -> Result<QemuConfig, ConfigError> {
-        let trimmed = bytes.trim_ascii();
-        let mut config: QemuConfig = if trimmed.is_empty() || trimmed == b"null" {
-            QemuConfig::default()
-        } else {
-            serde_json::from_slice(trimmed).map_err(ConfigError::Malformed)?
-        };
-        let bad = |key, value: String, why| ConfigError::BadValue { key, value, why };
-        if config.qemu.is_empty() || config.qemu.contains('\0') {
-            return Err(bad("qemu", format!("{:?}", config.qemu), "must be a non-empty program name or path"));
-        }
-        if !(1..=MAX_AGENT_PORTS).contains(&config.agent_ports) {
-            return Err(bad("agent_ports", config.agent_ports.to_string(), "must be 1 to 8"));
-        }
+        let mut config: QemuConfig = CHECK.parse(bytes)?;
+        CHECK.program("qemu", &config.qemu)?;
+        CHECK.agent_ports(config.agent_ports)?;
         let machine_ok = !config.machine.is_empty()
             && config.machine.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-=,".contains(&b));
         if !machine_ok {
-            return Err(bad("machine", format!("{:?}", config.machine), "must be a QEMU machine type such as \"pc\" or \"q35\""));
+            return Err(CHECK.bad("machine", format!("{:?}", config.machine), "must be a QEMU machine type such as \"pc\" or \"q35\""));
         }
-        if config.stop_timeout_ms == 0 || config.stop_timeout_ms > 600_000 {
-            return Err(bad("stop_timeout_ms", config.stop_timeout_ms.to_string(), "must be 1 to 600000"));
-        }
-        if config.run_dir.as_os_str().is_empty() {
-            return Err(bad("run_dir", "\"\"".into(), "must be a directory path"));
-        }
-        if config.run_dir.is_relative() {
-            let cwd = std::env::current_dir().map_err(|_| {
-                bad("run_dir", format!("{:?}", config.run_dir), "is relative and the current directory is unknown")
-            })?;
-            config.run_dir = cwd.join(&config.run_dir);
-        }
-        if !option_safe_path(&config.run_dir) {
-            return Err(bad("run_dir", format!("{:?}", config.run_dir), "must be UTF-8 without ',' or control characters"));
-        }
+        CHECK.stop_timeout_ms(config.stop_timeout_ms)?;
+        config.run_dir = CHECK.run_dir(&config.run_dir)?;
         Ok(config)
     }
 }

@@ -33,7 +33,7 @@ use plugin_api::{ErrorKind, Plugin, PluginError, PluginKind};
 use state::VmState;
 use std::time::Duration;
 use vm::VmError;
-use vm_process::chain;
+use vm_process::plugin::{Hypervisor, VmOps};
 
 /// The `qemu` hypervisor plugin.
 pub struct QemuPlugin;
@@ -52,82 +52,63 @@ impl Plugin for QemuPlugin {
 plugin_api::register_static_plugin!(QemuPlugin);
 
 /// A hypervisor instance: the plugin config, nothing else (all VM state is in the blobs).
-#[derive(Debug, Clone)]
-pub struct QemuHypervisor {
-    config: QemuConfig,
-}
+pub type QemuHypervisor = Hypervisor<QemuConfig>;
 
-impl QemuHypervisor {
-    /// Parses the plugin config.
-    pub fn new(config: &[u8]) -> Result<QemuHypervisor, PluginError> {
-        let config = QemuConfig::parse(config).map_err(|e| PluginError::invalid_input(chain(&e)))?;
-        Ok(QemuHypervisor { config })
+impl VmOps for QemuConfig {
+    type Fields = state::QemuFields;
+    type Error = VmError;
+    type ConfigError = config::ConfigError;
+
+    fn parse(config: &[u8]) -> Result<QemuConfig, config::ConfigError> {
+        QemuConfig::parse(config)
     }
 
-    /// The parsed config.
-    pub fn config(&self) -> &QemuConfig {
-        &self.config
-    }
-}
-
-fn kind_of(error: &VmError) -> ErrorKind {
-    match error {
-        VmError::SandboxId(_) | VmError::Spec(_) | VmError::State(_) | VmError::SocketPathTooLong(_) | VmError::WrongState { .. } => {
-            ErrorKind::INVALID_INPUT
+    fn error_kind(error: &VmError) -> ErrorKind {
+        match error {
+            VmError::SandboxId(_) | VmError::Spec(_) | VmError::State(_) | VmError::SocketPathTooLong(_) | VmError::WrongState { .. } => {
+                ErrorKind::INVALID_INPUT
+            }
+            VmError::Accel(_) => ErrorKind::UNSUPPORTED,
+            VmError::QemuMissing(_) => ErrorKind::NOT_FOUND,
+            VmError::Dir(_) | VmError::Process { source: process::ProcessError::Signal { .. }, .. } => ErrorKind::IO,
+            VmError::AlreadyRunning { .. } => ErrorKind::BUSY,
+            VmError::Qmp { source: qmp::QmpError::Busy { .. }, .. } => ErrorKind::BUSY,
+            VmError::StartFailed { .. } | VmError::Qmp { .. } | VmError::Process { .. } => ErrorKind::OTHER,
         }
-        VmError::Accel(_) => ErrorKind::UNSUPPORTED,
-        VmError::QemuMissing(_) => ErrorKind::NOT_FOUND,
-        VmError::Dir(_) | VmError::Process { source: process::ProcessError::Signal { .. }, .. } => ErrorKind::IO,
-        VmError::AlreadyRunning { .. } => ErrorKind::BUSY,
-        VmError::Qmp { source: qmp::QmpError::Busy { .. }, .. } => ErrorKind::BUSY,
-        VmError::StartFailed { .. } | VmError::Qmp { .. } | VmError::Process { .. } => ErrorKind::OTHER,
-    }
-}
-
-/// Converts at the trait boundary: the kind from the variant, the whole chain as the message.
-fn plugin_error(error: VmError) -> PluginError {
-    PluginError::new(kind_of(&error), chain(&error))
-}
-
-fn decode(blob: &[u8]) -> Result<VmState, PluginError> {
-    VmState::decode(blob).map_err(|e| plugin_error(e.into()))
-}
-
-impl HypervisorPlugin for QemuHypervisor {
-    fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
-        vm::create_vm(&self.config, sandbox_id, config).map(|s| s.encode()).map_err(plugin_error)
     }
 
-    fn start_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
-        vm::start_vm(&decode(blob)?).map(|s| s.encode()).map_err(plugin_error)
+    fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState, VmError> {
+        vm::create_vm(self, sandbox_id, config)
     }
 
-    fn stop_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
-        let timeout = Duration::from_millis(self.config.stop_timeout_ms);
-        vm::stop_vm(&decode(blob)?, timeout).map(|s| s.encode()).map_err(plugin_error)
+    fn start_vm(&self, state: &VmState) -> Result<VmState, VmError> {
+        vm::start_vm(state)
     }
 
-    fn pause_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
-        vm::pause_vm(&decode(blob)?).map(|s| s.encode()).map_err(plugin_error)
+    fn stop_vm(&self, state: &VmState) -> Result<VmState, VmError> {
+        vm::stop_vm(state, Duration::from_millis(self.stop_timeout_ms))
     }
 
-    fn resume_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
-        vm::resume_vm(&decode(blob)?).map(|s| s.encode()).map_err(plugin_error)
+    fn pause_vm(&self, state: &VmState) -> Result<VmState, VmError> {
+        vm::pause_vm(state)
     }
 
-    fn agent_endpoint(&self, blob: &[u8]) -> Result<String, PluginError> {
-        vm::agent_endpoint(&decode(blob)?).map_err(plugin_error)
+    fn resume_vm(&self, state: &VmState) -> Result<VmState, VmError> {
+        vm::resume_vm(state)
     }
 
-    fn vm_status(&self, blob: &[u8]) -> Result<String, PluginError> {
-        Ok(vm::vm_status(&decode(blob)?).to_owned())
+    fn agent_endpoint(&self, state: &VmState) -> Result<String, VmError> {
+        vm::agent_endpoint(state)
+    }
+
+    fn vm_status(&self, state: &VmState) -> &'static str {
+        vm::vm_status(state)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::hypervisor::DiskConfig;
 
     fn hypervisor(run_dir: &std::path::Path, extra: &str) -> QemuHypervisor {
         let json = format!(r#"{{"run_dir": {:?}, "accel": "tcg"{extra}}}"#, run_dir.to_str().unwrap());
@@ -136,18 +117,7 @@ mod tests {
 
     fn config(dir: &std::path::Path) -> HypervisorConfig {
         std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
-        std::fs::write(dir.join("root.img"), b"r").unwrap();
-        HypervisorConfig {
-            schema: 1,
-            kernel: dir.join("vmlinuz"),
-            initrd: None,
-            kernel_params: String::new(),
-            vcpus: 1,
-            memory_mib: 256,
-            extra: serde_json::Value::Null,
-            console_log: None,
-            disks: vec![DiskConfig { name: "rootfs".into(), path: dir.join("root.img"), read_only: true }],
-        }
+        vm_process::testing::config_with_rootfs(dir, dir.join("vmlinuz"))
     }
 
     #[test]

@@ -8,115 +8,53 @@
 //! ```
 //!
 //! `start_time` is field 22 of `/proc/<pid>/stat` (clock ticks after boot): with the pid it
-//! names one process, so a reused pid is never mistaken for QEMU.
+//! names one process, so a reused pid is never mistaken for QEMU. The envelope and its checks
+//! are [`vm_process::state`]'s; this plugin adds [`QemuFields`].
 
 use crate::accel::Accel;
 use crate::argv::VmDir;
-use crate::config::MAX_AGENT_PORTS;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-use vm_process::blob::{BlobError, Schema};
+use vm_process::blob::Schema;
+use vm_process::state::VmFields;
+pub use vm_process::state::StateError;
 pub use vm_process::Lifecycle;
 
 /// This plugin's blob schema (`qemu-vm/1`).
 pub const SCHEMA: Schema = Schema { what: "QEMU VM state", prefix: "qemu-vm/", version: 1 };
 
-/// Why a state blob is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// Not JSON, not this schema, or not its shape.
-    #[error(transparent)]
-    Blob(#[from] BlobError),
-    /// The right shape with inconsistent values.
-    #[error("QEMU VM state of sandbox {sandbox_id:?}: {what}")]
-    Inconsistent {
-        /// The sandbox the blob claims to be.
-        sandbox_id: String,
-        /// What is wrong.
-        what: String,
-    },
-}
+/// The state blob: the shared envelope around [`QemuFields`].
+pub type VmState = vm_process::state::VmState<QemuFields>;
 
-/// The state blob.
+/// What this plugin adds to the state blob.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct VmState {
-    /// `qemu-vm/<version>`.
-    pub schema: String,
-    /// The sandbox.
-    pub sandbox_id: String,
-    /// The VM directory (`<run_dir>/<sandbox_id>`).
-    pub dir: PathBuf,
-    /// QEMU's full argv, the binary first.
-    pub argv: Vec<String>,
+pub struct QemuFields {
     /// The accelerator chosen at create time.
     pub accel: Accel,
     /// How many virtio-serial agent ports the VM has.
     pub agent_ports: u32,
     /// The vsock CID, when the VM has a vsock device.
     pub vsock_cid: Option<u32>,
-    /// Where the VM is in its life.
-    pub lifecycle: Lifecycle,
-    /// QEMU's pid, once started.
-    pub pid: Option<i32>,
-    /// QEMU's start time (field 22 of `/proc/<pid>/stat`), once started.
-    pub start_time: Option<u64>,
 }
 
-impl VmState {
-    /// The current schema string.
-    pub fn schema_string() -> String {
-        SCHEMA.current()
+impl VmFields for QemuFields {
+    const SCHEMA: Schema = SCHEMA;
+    const PROGRAM: &'static str = "QEMU";
+    type Dir = VmDir;
+
+    fn agent_ports(&self) -> u32 {
+        self.agent_ports
     }
 
-    /// The VM directory.
-    pub fn vm_dir(&self) -> VmDir {
-        VmDir(self.dir.clone())
-    }
-
-    /// The pid and start time of a started VM.
-    pub fn process(&self) -> Option<(i32, u64)> {
-        self.pid.zip(self.start_time)
-    }
-
-    /// Encodes the blob.
-    pub fn encode(&self) -> Vec<u8> {
-        // A struct of strings, numbers and enums always serializes.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Decodes and checks a blob: the schema first (so a foreign blob says so), then the shape,
-    /// then the values later calls rely on (the directory they delete, the pid they signal).
-    pub fn decode(bytes: &[u8]) -> Result<VmState, StateError> {
-        let state: VmState = SCHEMA.decode(bytes)?;
-        state.check()?;
-        Ok(state)
-    }
-
-    fn check(&self) -> Result<(), StateError> {
-        let bad = |what: String| StateError::Inconsistent { sandbox_id: self.sandbox_id.clone(), what };
-        vm_process::validate_sandbox_id(&self.sandbox_id).map_err(|e| bad(e.to_string()))?;
-        if !vm_process::dir::is_vm_dir(&self.dir, &self.sandbox_id) {
-            return Err(bad(format!("dir {:?} is not an absolute <run_dir>/<sandbox_id> path", self.dir)));
-        }
-        if !self.argv.first().is_some_and(|a| a.starts_with('/')) {
-            return Err(bad(format!("argv {:?} does not start with an absolute QEMU path", self.argv.first())));
-        }
-        if !(1..=MAX_AGENT_PORTS).contains(&self.agent_ports) {
-            return Err(bad(format!("agent_ports {} is not 1 to {MAX_AGENT_PORTS}", self.agent_ports)));
-        }
-        if let Some(cid) = self.vsock_cid {
+    fn check(state: &VmState) -> Result<(), String> {
+        if let Some(cid) = state.fields.vsock_cid {
             if !(3..u32::MAX).contains(&cid) {
-                return Err(bad(format!("vsock_cid {cid} is reserved")));
+                return Err(format!("vsock_cid {cid} is reserved"));
             }
         }
-        if let Some(pid) = self.pid {
+        if let Some(pid) = state.pid {
             if pid <= 1 {
-                return Err(bad(format!("pid {pid} cannot be a QEMU process")));
+                return Err(format!("pid {pid} cannot be a QEMU process"));
             }
-        }
-        if self.lifecycle.started() && self.process().is_none() {
-            return Err(bad(format!("it is {} but has no pid and start_time", self.lifecycle.name())));
         }
         Ok(())
     }
@@ -133,9 +71,7 @@ mod tests {
             sandbox_id: "sb1".into(),
             dir: "/run/q/sb1".into(),
             argv: vec!["/usr/bin/qemu-system-x86_64".into(), "-name".into(), "sandbox-sb1".into()],
-            accel: Accel::Tcg,
-            agent_ports: 4,
-            vsock_cid: None,
+            fields: QemuFields { accel: Accel::Tcg, agent_ports: 4, vsock_cid: None },
             lifecycle: Lifecycle::Running,
             pid: Some(4242),
             start_time: Some(99),

@@ -7,7 +7,7 @@ use crate::argv::{self, VmArgs, VmDir, AGENT_VSOCK_PORT};
 use crate::config::QemuConfig;
 use crate::qmp::{self, QmpError};
 use crate::spec::{self, SpecError};
-use crate::state::{Lifecycle, StateError, VmState};
+use crate::state::{Lifecycle, QemuFields, StateError, VmState};
 use plugin_api::hypervisor::HypervisorConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -123,18 +123,7 @@ pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -
     };
     let argv = argv::build(&args);
     debug!(sandbox_id, ?argv, "QEMU command line");
-    Ok(VmState {
-        schema: VmState::schema_string(),
-        sandbox_id: sandbox_id.to_owned(),
-        dir: dir.0,
-        argv,
-        accel,
-        agent_ports: config.agent_ports,
-        vsock_cid,
-        lifecycle: Lifecycle::Created,
-        pid: None,
-        start_time: None,
-    })
+    Ok(VmState::created(sandbox_id, dir.0, argv, QemuFields { accel, agent_ports: config.agent_ports, vsock_cid }))
 }
 
 /// Makes `<run_dir>/<id>` fresh and private, after checking no live QEMU uses it.
@@ -167,7 +156,7 @@ pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
     }
     vm_dir::ensure_private(dir.path())?;
     let mut stale = vec![dir.pidfile(), dir.qmp_socket()];
-    stale.extend((0..state.agent_ports).map(|n| dir.agent_socket(n)));
+    stale.extend((0..state.fields.agent_ports).map(|n| dir.agent_socket(n)));
     vm_dir::remove_stale(stale)?;
     let mut next = state.clone();
     run_daemonized(&mut next)?;
@@ -192,7 +181,7 @@ pub fn start_vm(state: &VmState) -> Result<VmState, VmError> {
             return Err(VmError::Qmp { sandbox_id: id.into(), source });
         }
     }
-    info!(sandbox_id = id, pid, accel = state.accel.name(), "started VM");
+    info!(sandbox_id = id, pid, accel = state.fields.accel.name(), "started VM");
     Ok(next)
 }
 
@@ -211,11 +200,11 @@ fn run_daemonized(state: &mut VmState) -> Result<(), VmError> {
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         let cid_in_use = stderr.contains("guest-cid") || stderr.contains("guest cid") || stderr.contains("in use");
-        if let (Some(cid), true) = (state.vsock_cid, cid_in_use && attempt + 1 < VSOCK_ATTEMPTS) {
+        if let (Some(cid), true) = (state.fields.vsock_cid, cid_in_use && attempt + 1 < VSOCK_ATTEMPTS) {
             let new_cid = argv::vsock_cid(&id, attempt + 1);
             warn!(sandbox_id = %id, "vsock CID {cid} seems taken ({}); trying {new_cid}", stderr.trim());
             argv::set_vsock_cid(&mut state.argv, new_cid);
-            state.vsock_cid = Some(new_cid);
+            state.fields.vsock_cid = Some(new_cid);
             attempt += 1;
             continue;
         }
@@ -286,8 +275,8 @@ pub fn agent_endpoint(state: &VmState) -> Result<String, VmError> {
         return Err(wrong_state(state, "stopped", "give an agent endpoint"));
     }
     let dir = state.vm_dir();
-    let vsock = state.vsock_cid.map(|cid| format!("vsock:{cid}:{AGENT_VSOCK_PORT}"));
-    let serial = (0..state.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
+    let vsock = state.fields.vsock_cid.map(|cid| format!("vsock:{cid}:{AGENT_VSOCK_PORT}"));
+    let serial = (0..state.fields.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
     Ok(vsock.into_iter().chain(serial).collect::<Vec<_>>().join(","))
 }
 

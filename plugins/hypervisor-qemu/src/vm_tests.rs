@@ -3,7 +3,7 @@
 
 use crate::config::QemuConfig;
 use crate::process;
-use crate::state::{Lifecycle, VmState};
+use crate::state::{Lifecycle, QemuFields, VmState};
 use crate::vm::{self, VmError};
 use plugin_api::hypervisor::HypervisorConfig;
 use std::os::unix::fs::PermissionsExt;
@@ -30,17 +30,7 @@ impl Setup {
     }
 
     fn hv_config(&self) -> HypervisorConfig {
-        HypervisorConfig {
-            schema: 1,
-            kernel: self.tmp.path().join("vmlinuz"),
-            initrd: None,
-            kernel_params: String::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            extra: serde_json::Value::Null,
-            console_log: None,
-            disks: vec![],
-        }
+        vm_process::testing::hypervisor_config(self.tmp.path().join("vmlinuz"))
     }
 
     fn create(&self, id: &str) -> VmState {
@@ -86,7 +76,7 @@ echo $! > "$pidfile""#,
     );
     let state = s.create("sb1");
     let e = vm::start_vm(&state).unwrap_err();
-    let text = crate::chain(&e);
+    let text = vm_process::chain(&e);
     assert!(text.contains("connecting to QMP") && text.contains("qmp.sock"), "{text}");
     let pid: i32 = std::fs::read_to_string(s.dir("sb1").join("qemu.pid")).unwrap().trim().parse().unwrap();
     let stat = process::stat(pid);
@@ -152,18 +142,8 @@ impl Setup {
     /// A created-state blob for a VM directory that already exists (as a host would hold).
     fn create_blob_for_existing(&self, id: &str) -> Vec<u8> {
         let dir: &Path = &self.dir(id);
-        let state = VmState {
-            schema: VmState::schema_string(),
-            sandbox_id: id.into(),
-            dir: dir.to_owned(),
-            argv: vec!["/bin/false".into()],
-            accel: crate::accel::Accel::Tcg,
-            agent_ports: 1,
-            vsock_cid: None,
-            lifecycle: Lifecycle::Created,
-            pid: None,
-            start_time: None,
-        };
+        let fields = QemuFields { accel: crate::accel::Accel::Tcg, agent_ports: 1, vsock_cid: None };
+        let state = VmState::created(id, dir.to_owned(), vec!["/bin/false".into()], fields);
         state.encode()
     }
 }

@@ -3,6 +3,8 @@
 
 /// The guest agent's vsock port.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+/// The most serial agent ports (`agent.0` ...) a VM may have.
+pub const MAX_AGENT_PORTS: u32 = 8;
 
 /// The name of serial agent port `n` in the guest (`agent.<n>`).
 pub fn port_name(n: u32) -> String {

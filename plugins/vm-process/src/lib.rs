@@ -6,14 +6,25 @@
 //! - [`dir`]: the private per-VM directory `<run_dir>/<sandbox_id>/` and its socket paths;
 //! - [`spec`]: the checked [`HypervisorConfig`](plugin_api::hypervisor::HypervisorConfig);
 //! - [`blob`]: decoding versioned JSON state blobs;
+//! - [`state`]: the state blob's envelope around each plugin's own fields;
+//! - [`plugin`]: the `HypervisorPlugin` implementation over a plugin's typed operations;
+//! - [`config`]: parsing a plugin config and checking the keys every plugin has;
 //! - [`agent`]: the guest agent's channels and the kernel command line that names them;
+//! - [`argv`]: building a VMM's command line;
+//! - [`testing`] (feature `test-util`): fixtures for the plugins' tests;
 //! - here: sandbox ids, the VM's [`Lifecycle`], program lookup and error-chain formatting.
 
 pub mod agent;
+pub mod argv;
 pub mod blob;
+pub mod config;
 pub mod dir;
+pub mod plugin;
 pub mod process;
 pub mod spec;
+pub mod state;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;

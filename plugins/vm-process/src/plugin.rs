@@ -1,0 +1,106 @@
+//! The [`HypervisorPlugin`] side of a plugin whose VMs live in state blobs: a [`Hypervisor`]
+//! holds the parsed plugin config (nothing else: all VM state is in the blobs), decodes each
+//! blob into a [`VmState`], runs the plugin's typed operation ([`VmOps`]) and converts at the
+//! trait boundary: the state back into a blob, an error into a [`PluginError`] whose kind comes
+//! from the plugin ([`VmOps::error_kind`]) and whose message is the whole error chain.
+
+use crate::chain;
+use crate::state::{StateError, VmFields, VmState};
+use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
+use plugin_api::{ErrorKind, PluginError};
+
+/// A plugin's typed VM operations, implemented by its config (what every operation reads).
+pub trait VmOps: Sized + Send + Sync + 'static {
+    /// The plugin's fields of its state blob.
+    type Fields: VmFields;
+    /// Why an operation failed; a refused blob is one of them.
+    type Error: std::error::Error + From<StateError>;
+    /// Why the plugin config is refused.
+    type ConfigError: std::error::Error;
+
+    /// Parses and checks the plugin config.
+    fn parse(config: &[u8]) -> Result<Self, Self::ConfigError>;
+    /// The [`ErrorKind`] the host sees for `error`.
+    fn error_kind(error: &Self::Error) -> ErrorKind;
+    /// Creates the VM (its directory and its state); starts nothing.
+    fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState<Self::Fields>, Self::Error>;
+    /// Boots a created VM.
+    fn start_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
+    /// Stops the VM and removes its directory (idempotent).
+    fn stop_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
+    /// Pauses a running VM.
+    fn pause_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
+    /// Resumes a paused VM.
+    fn resume_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
+    /// The agent's addresses, best first, `,`-separated.
+    fn agent_endpoint(&self, state: &VmState<Self::Fields>) -> Result<String, Self::Error>;
+    /// `created`, `running`, `paused`, `stopped` or `dead`.
+    fn vm_status(&self, state: &VmState<Self::Fields>) -> &'static str;
+}
+
+/// A hypervisor instance: the plugin config `C`, nothing else.
+#[derive(Debug, Clone)]
+pub struct Hypervisor<C> {
+    config: C,
+}
+
+impl<C: VmOps> Hypervisor<C> {
+    /// Parses the plugin config; a refused one is `INVALID_INPUT`.
+    pub fn new(config: &[u8]) -> Result<Hypervisor<C>, PluginError> {
+        let config = C::parse(config).map_err(|e| PluginError::invalid_input(chain(&e)))?;
+        Ok(Hypervisor { config })
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &C {
+        &self.config
+    }
+
+    /// Converts at the trait boundary: the kind from the plugin, the whole chain as the message.
+    fn plugin_error(error: C::Error) -> PluginError {
+        PluginError::new(C::error_kind(&error), chain(&error))
+    }
+
+    fn decode(blob: &[u8]) -> Result<VmState<C::Fields>, PluginError> {
+        VmState::decode(blob).map_err(|e| Self::plugin_error(e.into()))
+    }
+
+    /// Decodes `blob`, runs `op` on it and encodes the new state.
+    fn apply(
+        &self,
+        blob: &[u8],
+        op: impl FnOnce(&C, &VmState<C::Fields>) -> Result<VmState<C::Fields>, C::Error>,
+    ) -> Result<Vec<u8>, PluginError> {
+        op(&self.config, &Self::decode(blob)?).map(|s| s.encode()).map_err(Self::plugin_error)
+    }
+}
+
+impl<C: VmOps> HypervisorPlugin for Hypervisor<C> {
+    fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
+        self.config.create_vm(sandbox_id, config).map(|s| s.encode()).map_err(Self::plugin_error)
+    }
+
+    fn start_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        self.apply(blob, C::start_vm)
+    }
+
+    fn stop_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        self.apply(blob, C::stop_vm)
+    }
+
+    fn pause_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        self.apply(blob, C::pause_vm)
+    }
+
+    fn resume_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
+        self.apply(blob, C::resume_vm)
+    }
+
+    fn agent_endpoint(&self, blob: &[u8]) -> Result<String, PluginError> {
+        self.config.agent_endpoint(&Self::decode(blob)?).map_err(Self::plugin_error)
+    }
+
+    fn vm_status(&self, blob: &[u8]) -> Result<String, PluginError> {
+        Ok(self.config.vm_status(&Self::decode(blob)?).to_owned())
+    }
+}
