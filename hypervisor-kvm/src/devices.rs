@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::virtio::block::{Block, BlockError};
 use crate::virtio::console::{Console, ConsoleError};
+use crate::virtio::fs::{self, Fs, FsError};
 use crate::virtio::net::{Net, NetError};
 use crate::virtio::vsock::{Vsock, VsockError};
 use crate::virtio::VirtioDevice;
@@ -25,6 +26,12 @@ pub enum DeviceError {
     /// The virtio-vsock device.
     #[error("the vsock device")]
     Vsock(#[source] VsockError),
+    /// A virtio-fs device.
+    #[error("the virtio-fs device {0:?}")]
+    Fs(String, #[source] FsError),
+    /// Two virtio-fs devices with one tag (the guest mounts by tag).
+    #[error("two virtio-fs devices have the tag {0:?}")]
+    DuplicateFsTag(String),
 }
 
 /// Builds the device models, in command-line order (all serial ports share one
@@ -39,6 +46,14 @@ pub fn build(configs: &[DeviceConfig]) -> Result<Vec<Box<dyn VirtioDevice>>, Dev
         })
         .collect();
     let mut ports = Some(ports).filter(|p| !p.is_empty());
+    let mut tags = std::collections::BTreeSet::new();
+    for config in configs {
+        if let DeviceConfig::Fs { tag, .. } = config {
+            if !tags.insert(tag) {
+                return Err(DeviceError::DuplicateFsTag(tag.clone()));
+            }
+        }
+    }
     for config in configs {
         match config {
             DeviceConfig::Block { path, read_only, id } => {
@@ -54,6 +69,9 @@ pub fn build(configs: &[DeviceConfig]) -> Result<Vec<Box<dyn VirtioDevice>>, Dev
                 }
             }
             DeviceConfig::Net { tap, mac } => devices.push(Box::new(Net::new(tap, *mac).map_err(DeviceError::Net)?)),
+            DeviceConfig::Fs { tag, socket } => {
+                devices.push(Box::new(Fs::new(tag, socket).map_err(|e| DeviceError::Fs(tag.clone(), e))?))
+            }
         }
     }
     Ok(devices)
@@ -107,6 +125,13 @@ pub enum DeviceConfig {
         tap: String,
         /// The guest's MAC address.
         mac: Option<[u8; 6]>,
+    },
+    /// `--fs tag=TAG,socket=PATH`: virtio-fs served by a vhost-user backend (virtiofsd).
+    Fs {
+        /// The mount tag the guest sees (1 to 36 bytes).
+        tag: String,
+        /// The backend's vhost-user socket.
+        socket: PathBuf,
     },
 }
 
@@ -211,6 +236,17 @@ impl DeviceConfig {
         };
         Ok(DeviceConfig::Net { tap, mac })
     }
+
+    /// Parses a `--fs` value.
+    pub fn fs(text: &str) -> Result<Self, DeviceOptionError> {
+        let mut p = Pairs::parse("fs", text, &["tag", "socket"])?;
+        let tag = p.required("tag")?;
+        if fs::config_space(&tag).is_err() {
+            return Err(p.bad(format!("tag {tag:?} must be 1 to {} bytes with no NUL", fs::TAG_LEN)));
+        }
+        let socket = PathBuf::from(p.required("socket")?);
+        Ok(DeviceConfig::Fs { tag, socket })
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +275,15 @@ mod tests {
             DeviceConfig::net("tap=tap0,mac=02:00:00:00:00:0a").unwrap(),
             DeviceConfig::Net { tap: "tap0".into(), mac: Some([2, 0, 0, 0, 0, 10]) }
         );
+        assert_eq!(
+            DeviceConfig::fs("tag=shared,socket=/run/vfsd.sock").unwrap(),
+            DeviceConfig::Fs { tag: "shared".into(), socket: "/run/vfsd.sock".into() }
+        );
+        let longest = "t".repeat(36);
+        assert_eq!(
+            DeviceConfig::fs(&format!("socket=/s,tag={longest}")).unwrap(),
+            DeviceConfig::Fs { tag: longest, socket: "/s".into() }
+        );
     }
 
     #[test]
@@ -253,10 +298,26 @@ mod tests {
             (DeviceConfig::vsock("cid=2,socket=/v"), "cid \"2\" is not a number"),
             (DeviceConfig::vsock("cid=x,socket=/v"), "cid \"x\""),
             (DeviceConfig::net("tap=t,mac=1:2:3"), "mac \"1:2:3\""),
+            (DeviceConfig::fs("socket=/s"), "tag= is required"),
+            (DeviceConfig::fs("tag=x"), "socket= is required"),
+            (DeviceConfig::fs("tag=,socket=/s"), "tag= is required"),
+            (DeviceConfig::fs(&format!("tag={},socket=/s", "t".repeat(37))), "must be 1 to 36 bytes"),
+            (DeviceConfig::fs("tag=a\0b,socket=/s"), "with no NUL"),
+            (DeviceConfig::fs("tag=a,socket=/s,cache=none"), "unknown key \"cache\""),
         ];
         for (result, expected) in cases {
             let e = result.unwrap_err().to_string();
             assert!(e.contains(expected), "{e:?} should contain {expected:?}");
         }
+    }
+
+    #[test]
+    fn fs_tags_are_unique_and_a_missing_backend_is_named() {
+        let fs = |tag: &str| DeviceConfig::Fs { tag: tag.into(), socket: "/nonexistent/vfsd.sock".into() };
+        let err = build(&[fs("a"), fs("a")]).err().unwrap();
+        assert_eq!(err.to_string(), "two virtio-fs devices have the tag \"a\"");
+        let err = build(&[fs("a")]).err().unwrap();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("\"a\"") && chain.contains("/nonexistent/vfsd.sock"), "{chain}");
     }
 }

@@ -58,6 +58,10 @@ struct Args {
     /// A virtio-net device on a tap: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
     #[arg(long, value_parser = DeviceConfig::net)]
     net: Option<DeviceConfig>,
+    /// A virtio-fs device served by a vhost-user backend (virtiofsd) listening on PATH:
+    /// `tag=TAG,socket=PATH` (repeatable; the guest mounts it with `mount -t virtiofs TAG`).
+    #[arg(long = "fs", value_parser = DeviceConfig::fs)]
+    fs: Vec<DeviceConfig>,
     /// Seccomp filters on the vCPU and device threads: kill on a call outside the filter,
     /// log it, or no filters.
     #[arg(long, value_enum, default_value = "kill")]
@@ -108,7 +112,7 @@ fn main() -> ExitCode {
         seccomp: args.seccomp,
     };
     let configs: Vec<DeviceConfig> =
-        args.disks.into_iter().chain(args.vsock).chain(args.serial_ports).chain(args.net).collect();
+        args.disks.into_iter().chain(args.vsock).chain(args.serial_ports).chain(args.net).chain(args.fs).collect();
     let devices = match devices::build(&configs) {
         Ok(d) => d,
         Err(e) => {

@@ -9,7 +9,8 @@
 //!   cannot open files, create sockets, fork, exec or spawn threads: device worker threads
 //!   are started by an unfiltered spawner thread on their behalf (see `worker.rs`).
 //! - **device threads** may wait on epoll, do I/O on the descriptors they hold (including
-//!   `pread`/`pwrite`/`fdatasync` on disk images), accept and connect Unix sockets (vsock's
+//!   `pread`/`pwrite`/`fdatasync` on disk images), send and receive on sockets (with passed
+//!   descriptors: virtio-fs's vhost-user requests), accept and connect Unix sockets (vsock's
 //!   hybrid backend: `socket` only with `AF_UNIX`), and the same memory and futex calls. No
 //!   `open`, `exec`, `fork`, `ptrace`, `mount`, `kill` of others, ...
 //!
@@ -167,19 +168,31 @@ pub fn setup(mode: SeccompMode) -> Result<(), SeccompError> {
                 vec![(libc::SYS_ioctl, ioctls(&[kvm_run, libc::FIONBIO, libc::FIOCLEX]))],
                 mode,
             )?;
-            let device = build(
-                "device",
-                DEVICE,
-                vec![
-                    (libc::SYS_ioctl, ioctls(&[libc::FIONBIO, libc::FIOCLEX, libc::FIONREAD])),
-                    (libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)]),
-                ],
-                mode,
-            )?;
+            let device = build("device", DEVICE, device_conditional(), mode)?;
             Some(Filters { vcpu, device })
         }
     };
     FILTERS.set(filters).map_err(|_| SeccompError::AlreadySet)
+}
+
+/// The device threads' calls allowed only with some arguments.
+fn device_conditional() -> Vec<(libc::c_long, Vec<SeccompRule>)> {
+    vec![
+        (libc::SYS_ioctl, ioctls(&[libc::FIONBIO, libc::FIOCLEX, libc::FIONREAD])),
+        (libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)]),
+    ]
+}
+
+/// The device filter with `EPERM` instead of a kill, for tests that run device code under
+/// it without risking the test process.
+#[cfg(test)]
+pub(crate) fn device_filter_returning_eperm() -> BpfProgram {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().chain(DEVICE).map(|c| (*c, Vec::new())).collect();
+    rules.extend(device_conditional());
+    let arch = std::env::consts::ARCH.try_into().expect("a supported arch");
+    let filter = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch)
+        .expect("the device rules are valid");
+    filter.try_into().expect("the device filter compiles")
 }
 
 fn apply(name: &'static str, pick: impl Fn(&Filters) -> &BpfProgram) -> Result<(), SeccompError> {

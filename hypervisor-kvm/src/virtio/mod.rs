@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod console;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -41,6 +42,17 @@ pub enum ActivateError {
         device: &'static str,
         /// What was wrong.
         reason: String,
+    },
+    /// The device's external backend refused or failed the setup.
+    #[error("{device}: {what}")]
+    Backend {
+        /// The device type's name.
+        device: &'static str,
+        /// The step that failed.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The device's backend or worker could not be started.
     #[error("{device}: starting its worker")]

@@ -149,6 +149,33 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Signals the worker to stop and waits at most `timeout` for it (polling, so the caller
+    /// needs no other calls than sleeping): true once it ended and was joined. A worker that
+    /// does not end in time (blocked on a backend that does not answer) is detached: it goes
+    /// on until its blocking call returns, then sees the stop eventfd and ends on its own.
+    pub fn stop_within(&mut self, timeout: std::time::Duration) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        if let Err(e) = self.stop.write(1) {
+            tracing::error!(error = %e, "signalling a device worker to stop");
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while !thread.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                tracing::error!(thread = thread.thread().name().unwrap_or("?"), "a device worker did not stop in time; detached");
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if thread.join().is_err() {
+            tracing::error!("a device worker panicked");
+        }
+        true
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
