@@ -31,8 +31,9 @@ pub const LIMITS: Limits = Limits {
 /// The guest's vsock CID. Each VM has its own hybrid-vsock socket, so all can use the same.
 pub const VSOCK_CID: u32 = 3;
 /// Kernel parameters this plugin adds to the agent's: reboot through the i8042 reset line,
-/// which the vmm turns into its exit (with `panic=-1`, a panic ends the vmm too).
-pub const KERNEL_PARAMS: &str = "reboot=k";
+/// which the vmm turns into its exit (with `panic=-1`, a panic ends the vmm too), and
+/// `pci=off`, since the vmm has no PCI bus for the kernel to probe.
+pub const KERNEL_PARAMS: &str = "reboot=k pci=off";
 /// The API timeout of every call but [`vm_status`].
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// The API timeout of [`vm_status`], which must answer quickly.

@@ -250,7 +250,7 @@ fn the_vmm_command_line() {
     assert!(has(["--kernel", "/img/vmlinux"]) && has(["--initrd", "/img/initramfs.img"]));
     assert!(has([
         "--cmdline",
-        "console=ttyS0 panic=-1 quiet agent.channels=vsock:1024,serial:agent.0,serial:agent.1 reboot=k agent.log=debug"
+        "console=ttyS0 panic=-1 quiet agent.channels=vsock:1024,serial:agent.0,serial:agent.1 reboot=k pci=off agent.log=debug"
     ]));
     assert!(has(["--memory-mib", "512"]) && has(["--vcpus", "2"]));
     assert!(has(["--console-log", "/logs/console.log"]));
@@ -290,7 +290,7 @@ fn the_vmm_command_line() {
     assert!(has(["--console-log", "/dev/null"]));
     assert!(has([
         "--cmdline",
-        "console=ttyS0 panic=-1 quiet agent.channels=serial:agent.0 reboot=k"
+        "console=ttyS0 panic=-1 quiet agent.channels=serial:agent.0 reboot=k pci=off"
     ]));
     assert!(!a
         .iter()
