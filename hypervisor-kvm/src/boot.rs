@@ -1,5 +1,6 @@
 //! Kernel, initrd and command line loading, and the PVH boot structures (start info, memory
-//! map, GDT). Everything here only touches guest memory, so it is testable without KVM.
+//! map, GDT). An ELF vmlinux boots through its PVH entry; anything else is tried as a bzImage
+//! (`bzimage.rs`). Everything here only touches guest memory, so it is testable without KVM.
 
 use std::fs::File;
 use std::path::Path;
@@ -45,9 +46,15 @@ pub enum BootError {
     /// Opening or reading a boot file failed.
     #[error("reading {0}")]
     Read(String, #[source] std::io::Error),
-    /// linux-loader rejected the kernel image.
+    /// linux-loader rejected the ELF kernel image.
     #[error("loading the ELF kernel")]
     Kernel(#[source] linux_loader::loader::Error),
+    /// The kernel is neither ELF nor a loadable bzImage.
+    #[error("the kernel is neither an ELF vmlinux nor a bzImage")]
+    BzImage(#[source] linux_loader::loader::Error),
+    /// linux-loader returned no setup header for a bzImage.
+    #[error("the bzImage has no setup header")]
+    NotAKernel,
     /// The kernel has no PVH entry note.
     #[error("the kernel has no PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY)")]
     NoPvhEntry,
@@ -76,13 +83,24 @@ const _: () = {
     assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= LOW_RAM_END);
 };
 
+/// How the boot vCPU enters the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootMode {
+    /// PVH: 32-bit protected mode, paging off, EBX = start info.
+    Pvh,
+    /// The Linux 64-bit boot protocol: long mode, RSI = zero page.
+    Linux64,
+}
+
 /// What the vCPU setup needs from the loaded images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootInfo {
-    /// PVH 32-bit entry point.
+    /// The entry point.
     pub entry: u64,
-    /// GPA of `hvm_start_info` (goes into EBX).
+    /// GPA of `hvm_start_info` (PVH, goes into EBX) or of the zero page (Linux64, RSI).
     pub start_info: u64,
+    /// Which protocol.
+    pub mode: BootMode,
 }
 
 /// A GDT entry from flags (type/S/DPL/P in bits 0..8, AVL/L/D/G in bits 12..16), base, limit.
@@ -152,7 +170,20 @@ fn read_file(path: &Path) -> Result<Vec<u8>, BootError> {
     std::fs::read(path).map_err(|e| BootError::Read(path.display().to_string(), e))
 }
 
-/// Loads kernel, initrd and command line and writes the PVH boot structures and the GDT.
+/// Whether `path` starts with the ELF magic.
+fn is_elf(path: &Path) -> Result<bool, BootError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path).map_err(|e| BootError::Read(path.display().to_string(), e))?;
+    match file.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"\x7fELF"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(BootError::Read(path.display().to_string(), e)),
+    }
+}
+
+/// Loads kernel, initrd and command line: an ELF vmlinux with the PVH boot structures, or
+/// (the fallback) a bzImage with the Linux boot protocol's zero page.
 pub fn load(
     mem: &GuestMemoryMmap,
     kernel: &Path,
@@ -160,6 +191,15 @@ pub fn load(
     cmdline: &str,
     rsdp: u64,
 ) -> Result<BootInfo, BootError> {
+    let initrd = initrd.map(read_file).transpose()?;
+    let cmdline = Cmdline::try_from(cmdline, CMDLINE_MAX).map_err(BootError::Cmdline)?;
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline).map_err(BootError::CmdlineLoad)?;
+    if !is_elf(kernel)? {
+        let len = cmdline.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0);
+        let boot = crate::bzimage::load(mem, kernel, initrd.as_deref(), len, rsdp)?;
+        tracing::info!(entry = boot.entry, "booting a bzImage through the Linux 64-bit boot protocol");
+        return Ok(boot);
+    }
     let mut file =
         File::open(kernel).map_err(|e| BootError::Read(kernel.display().to_string(), e))?;
     let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
@@ -170,8 +210,7 @@ pub fn load(
     let mem_size = mem.last_addr().raw_value() + 1;
 
     let initrd = match initrd {
-        Some(path) => {
-            let data = read_file(path)?;
+        Some(data) => {
             let size = data.len() as u64;
             let addr = initrd_addr(mem_size, loaded.kernel_end, size)
                 .ok_or(BootError::InitrdTooBig(size))?;
@@ -190,9 +229,6 @@ pub fn load(
         }
         None => None,
     };
-
-    let cmdline = Cmdline::try_from(cmdline, CMDLINE_MAX).map_err(BootError::Cmdline)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline).map_err(BootError::CmdlineLoad)?;
 
     let map = memory_map(mem_size);
     for (i, entry) in map.iter().enumerate() {
@@ -216,6 +252,7 @@ pub fn load(
     Ok(BootInfo {
         entry: entry.raw_value(),
         start_info: START_INFO_ADDR,
+        mode: BootMode::Pvh,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod acpi;
 pub mod api;
 pub mod boot;
 pub mod bus;
+pub mod bzimage;
 pub mod daemon;
 pub mod devices;
 pub mod layout;

@@ -9,11 +9,12 @@ use hypervisor_kvm::devices::{self, DeviceConfig};
 use hypervisor_kvm::seccomp::SeccompMode;
 use hypervisor_kvm::{run, VmConfig};
 
-/// Boot an ELF vmlinux (PVH) on KVM.
+/// Boot a Linux guest on KVM: an ELF vmlinux through PVH, or a bzImage.
 #[derive(Debug, Parser)]
 #[command(name = "vmm", version)]
 struct Args {
-    /// ELF vmlinux with a PVH entry note.
+    /// The kernel: an ELF vmlinux with a PVH entry note, or (the fallback) a bzImage booted
+    /// through the Linux 64-bit boot protocol.
     #[arg(long)]
     kernel: PathBuf,
     /// Initrd (initramfs) to pass as the PVH module.

@@ -6,13 +6,18 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::boot::{BootInfo, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, TSS_SELECTOR};
+use crate::boot::{BootInfo, BootMode, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, TSS_SELECTOR};
+use crate::bzimage::{BOOT_STACK, GDT64, PML4_ADDR};
 use crate::bus::Bus;
 use crate::pio::{PioAction, RateLimit};
 use crate::runstate::RunControl;
 use crate::vm::Vm;
 
 const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
 const APIC_LVT_LINT0: usize = 0x350;
 const APIC_LVT_LINT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
@@ -117,25 +122,38 @@ pub fn create_vcpu(
     kvm("KVM_SET_LAPIC", vcpu.set_lapic(&lapic))?;
 
     let Some(boot) = boot else { return Ok(vcpu) };
+    let gdt = if boot.mode == BootMode::Pvh { &GDT } else { &GDT64 };
     let mut sregs = kvm("KVM_GET_SREGS", vcpu.get_sregs())?;
-    sregs.cs = flat_segment(CODE_SELECTOR, GDT[1]);
-    let data = flat_segment(DATA_SELECTOR, GDT[2]);
+    sregs.cs = flat_segment(CODE_SELECTOR, gdt[1]);
+    let data = flat_segment(DATA_SELECTOR, gdt[2]);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
     sregs.tr = kvm_segment {
         limit: 0x67,
-        ..flat_segment(TSS_SELECTOR, GDT[3])
+        ..flat_segment(TSS_SELECTOR, gdt[3])
     };
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
-    sregs.cr0 = CR0_PE;
-    sregs.cr4 = 0;
-    sregs.efer = 0;
-    kvm("KVM_SET_SREGS", vcpu.set_sregs(&sregs))?;
-
+    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
     let mut regs = kvm("KVM_GET_REGS", vcpu.get_regs())?;
     regs.rflags = 0x2;
     regs.rip = boot.entry;
-    regs.rbx = boot.start_info;
+    match boot.mode {
+        BootMode::Pvh => {
+            sregs.cr0 = CR0_PE;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            regs.rbx = boot.start_info;
+        }
+        BootMode::Linux64 => {
+            sregs.cr3 = PML4_ADDR;
+            sregs.cr4 = CR4_PAE;
+            sregs.cr0 = CR0_PE | CR0_PG;
+            sregs.efer = EFER_LME | EFER_LMA;
+            regs.rsi = boot.start_info;
+            regs.rsp = BOOT_STACK;
+            regs.rbp = BOOT_STACK;
+        }
+    }
+    kvm("KVM_SET_SREGS", vcpu.set_sregs(&sregs))?;
     kvm("KVM_SET_REGS", vcpu.set_regs(&regs))?;
     Ok(vcpu)
 }

@@ -64,7 +64,7 @@ impl VmOps for KvmConfig {
             VmError::SandboxId(_)
             | VmError::Spec(_)
             | VmError::State(_)
-            | VmError::KernelNotElf(_)
+            | VmError::KernelFormat(_)
             | VmError::TooManyDevices { .. }
             | VmError::SocketPathTooLong(_)
             | VmError::WrongState { .. } => ErrorKind::INVALID_INPUT,
@@ -219,21 +219,17 @@ mod tests {
         let hv = hypervisor(&tmp.path().join("run"), r#", "vmm": "true""#);
         let mut c = config(tmp.path());
         c.kernel = tmp.path().join("vmlinuz");
-        std::fs::write(&c.kernel, b"MZ\x00\x00 a bzImage").unwrap();
+        std::fs::write(&c.kernel, b"MZ\x00\x00 not a kernel").unwrap();
         let e = hv.create_vm("sb1", &c).unwrap_err();
         assert_eq!(e.kind, ErrorKind::INVALID_INPUT);
-        assert!(
-            e.message.contains("not an ELF file")
-                && e.message.contains("vmlinuz")
-                && e.message.contains("vmlinux"),
-            "{e}"
-        );
+        assert!(e.message.contains("neither an ELF vmlinux") && e.message.contains("vmlinuz"), "{e}");
         std::fs::write(&c.kernel, b"\x7f").unwrap();
-        assert!(hv
-            .create_vm("sb1", &c)
-            .unwrap_err()
-            .message
-            .contains("not an ELF file"));
+        assert!(hv.create_vm("sb1", &c).unwrap_err().message.contains("neither an ELF vmlinux"));
+        // A bzImage (HdrS at 0x202) is the fallback, accepted.
+        let mut bzimage = vec![0u8; 0x300];
+        bzimage[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&c.kernel, bzimage).unwrap();
+        hv.create_vm("sb1", &c).expect("a bzImage is accepted");
 
         let e = hv.create_vm(".x", &config(tmp.path())).unwrap_err();
         assert!(

@@ -57,9 +57,9 @@ pub enum VmError {
     /// A bad state blob.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The kernel is not an ELF file (a bzImage, say).
-    #[error("HypervisorConfig.kernel = {0:?} is not an ELF file: the kvm plugin boots an ELF vmlinux through its PVH entry (the guest image has vmlinux next to vmlinuz)")]
-    KernelNotElf(PathBuf),
+    /// The kernel is neither an ELF vmlinux nor a bzImage.
+    #[error("HypervisorConfig.kernel = {0:?} is neither an ELF vmlinux (booted through PVH, the fast path) nor a bzImage (the fallback)")]
+    KernelFormat(PathBuf),
     /// The kernel could not be read.
     #[error("reading the kernel {path:?}")]
     KernelRead {
@@ -250,21 +250,21 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     argv.into_vec()
 }
 
-/// Checks that the kernel starts with the ELF magic.
-fn check_elf_kernel(kernel: &Path) -> Result<(), VmError> {
+/// Checks that the kernel is an ELF file (magic at 0) or a bzImage (`HdrS` at 0x202).
+fn check_kernel_format(kernel: &Path) -> Result<(), VmError> {
     let read_error = |source| VmError::KernelRead {
         path: kernel.to_owned(),
         source,
     };
-    let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(kernel).map_err(read_error)?;
-    match file.read_exact(&mut magic) {
-        Ok(()) if &magic == ELF_MAGIC => Ok(()),
-        Ok(()) => Err(VmError::KernelNotElf(kernel.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(VmError::KernelNotElf(kernel.to_owned()))
-        }
-        Err(e) => Err(read_error(e)),
+    let mut head = Vec::with_capacity(0x206);
+    let file = std::fs::File::open(kernel).map_err(read_error)?;
+    file.take(0x206).read_to_end(&mut head).map_err(read_error)?;
+    let elf = head.starts_with(ELF_MAGIC);
+    let bzimage = head.get(0x202..0x206) == Some(&b"HdrS"[..]);
+    if elf || bzimage {
+        Ok(())
+    } else {
+        Err(VmError::KernelFormat(kernel.to_owned()))
     }
 }
 
@@ -276,7 +276,7 @@ pub fn create_vm(
 ) -> Result<VmState, VmError> {
     validate_sandbox_id(sandbox_id)?;
     let spec = vm_process::spec::validate(hv, &LIMITS)?;
-    check_elf_kernel(&spec.kernel)?;
+    check_kernel_format(&spec.kernel)?;
     let devices = spec.disks.len()
         + 1
         + usize::from(config.vsock)
