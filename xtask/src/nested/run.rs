@@ -41,7 +41,10 @@ pub struct Outcome {
 
 enum Attempt {
     Done(Outcome),
+    /// L1 stopped answering in a step (no marker, no output): the reason and the last lines.
     Hung(Step, String),
+    /// L1 itself died in a step (its kernel panicked) without a result.
+    Crashed(Step, String),
 }
 
 /// Boots L1 with `image` and waits for its command; a hung step is retried once.
@@ -52,7 +55,12 @@ pub fn run(image: &L1Image, timeout: Duration) -> Result<Outcome> {
             Attempt::Hung(step, tail) if attempt == 1 => {
                 eprintln!("nested: L1 hung in step {step:?}; retrying once. Last console lines:\n{tail}");
             }
-            Attempt::Hung(step, tail) => bail!("L1 hung twice in step {step:?}; last console lines:\n{tail}"),
+            Attempt::Crashed(step, tail) if attempt == 1 => {
+                eprintln!("nested: L1 crashed in step {step:?} (its own kernel, not the command); retrying once. Last console lines:\n{tail}");
+            }
+            Attempt::Hung(step, tail) | Attempt::Crashed(step, tail) => {
+                bail!("L1 hung or crashed twice in step {step:?}; last console lines:\n{tail}")
+            }
         }
     }
     bail!("L1 did not finish in two attempts")
@@ -123,10 +131,7 @@ fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
                 let why = if Instant::now() >= deadline { "reached its time limit" } else { "printed nothing for 300 s" };
                 break Attempt::Hung(step, format!("({why})\n{}", tail.join("\n")));
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = child.wait();
-                bail!("L1 exited in step {step:?} without a result; last console lines:\n{}", tail.join("\n"));
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break Attempt::Crashed(step, tail.join("\n")),
         }
     };
     let _ = child.kill();
