@@ -47,7 +47,7 @@ fn script(binaries: &[(String, PathBuf, String)]) -> String {
     for (name, exe, filter) in binaries {
         s.push_str(&format!(
             "echo \"nested-test: {name}\"\n\
-             timeout -s KILL {BINARY_TIMEOUT_S} '{}' --test-threads 1 '{filter}'\n\
+             timeout -s KILL {BINARY_TIMEOUT_S} '{}' --test-threads 1 --color never '{filter}'\n\
              rc=$?\n\
              if [ $rc = 137 ]; then echo \"nested-test: {name} HUNG (killed after {BINARY_TIMEOUT_S} s)\"; status=2; \
              elif [ $rc != 0 ]; then echo \"nested-test: {name} FAILED (exit $rc)\"; [ $status = 0 ] && status=1; fi\n",
@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn script_reports_each_binary() {
         let s = super::script(&[("p/t".into(), "/x/t-1".into(), "::kvm".into())]);
-        assert!(s.contains("timeout -s KILL 900 '/x/t-1' --test-threads 1 '::kvm'"), "{s}");
+        assert!(s.contains("timeout -s KILL 900 '/x/t-1' --test-threads 1 --color never '::kvm'"), "{s}");
         assert!(s.contains("HUNG") && s.ends_with("exit $status\n"));
     }
 }
