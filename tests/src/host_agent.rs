@@ -97,18 +97,7 @@ impl HostAgent {
 
     /// A busybox tree to use as a bind rootfs.
     pub fn busybox_rootfs(&self) -> PathBuf {
-        let root = self.dir.path().join("busybox");
-        if root.exists() {
-            return root;
-        }
-        for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-            std::fs::create_dir_all(root.join(d)).expect("mkdir");
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "echo", "cat", "sleep", "ls", "head", "yes", "id", "hostname", "true", "wc", "dd", "grep", "stty"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-        }
-        root
+        busybox_tree(&self.dir.path().join("busybox"))
     }
 
     /// The busybox tree as a read-only bind rootfs.
@@ -161,4 +150,19 @@ fn remove_leftover_cgroups() {
         std::thread::sleep(Duration::from_millis(40));
     }
     let _ = std::fs::remove_dir(&root);
+}
+
+/// A busybox tree (the host's static busybox and its common applets) at `root`, made once.
+pub fn busybox_tree(root: &Path) -> PathBuf {
+    if root.exists() {
+        return root.to_owned();
+    }
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+    for applet in ["sh", "echo", "cat", "sleep", "ls", "head", "yes", "id", "hostname", "true", "wc", "dd", "grep", "stty"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    root.to_owned()
 }

@@ -160,6 +160,8 @@ impl MmioTransport {
             0x60 => self.interrupt.status(),
             0x70 => self.status,
             0xfc => self.config_generation,
+            // SHMLen and SHMBase: no shared memory region (all ones), whatever SHMSel says.
+            0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
             _ => {
                 self.complain("read of an unknown register", offset, 0);
                 0
@@ -194,6 +196,15 @@ impl MmioTransport {
             0x24 => self.driver_features_sel = value,
             0x30 => self.queue_sel = value,
             0x50 => self.notify(value),
+            // SHMSel: any region selects "none" (see the SHMLen read).
+            0xac => {}
+            // Clearing QueueReady is how a driver tears a queue down (Linux does it after a
+            // failed probe, then reads it back as 0): allowed in any state.
+            0x44 if value == 0 => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(false);
+                }
+            }
             0x64 => self.interrupt.ack(value),
             0x70 => self.set_status(value),
             0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if !queue_setup => self.complain(
@@ -401,5 +412,134 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.interrupt.ack(u32::MAX);
         self.config_generation = self.config_generation.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{ActivateError, Activation};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A test double: one queue of 16, feature bit 0, counts activations.
+    struct FakeDevice(Arc<AtomicUsize>);
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0xab);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(&mut self, _activation: Activation) -> Result<(), ActivateError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+
+    fn transport() -> (MmioTransport, Arc<AtomicUsize>) {
+        let mem = crate::memory::create_guest_memory(32).unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        (MmioTransport::new(Box::new(FakeDevice(count.clone())), mem, irq).unwrap(), count)
+    }
+
+    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport, high_features: u32) {
+        write(t, 0x70, 1 | STATUS_DRIVER);
+        write(t, 0x24, 1);
+        write(t, 0x20, high_features);
+        write(t, 0x70, 1 | STATUS_DRIVER | STATUS_FEATURES_OK);
+    }
+
+    #[test]
+    fn identity_and_no_shared_memory() {
+        let (mut t, _) = transport();
+        assert_eq!((read(&mut t, 0), read(&mut t, 4), read(&mut t, 8)), (MAGIC, 2, 42));
+        write(&mut t, 0xac, 0);
+        assert_eq!((read(&mut t, 0xb0), read(&mut t, 0xb4)), (u32::MAX, u32::MAX), "SHMLen: no region");
+        let mut config = [0u8; 2];
+        t.read(0x100, &mut config);
+        assert_eq!(config, [0xab, 0xab]);
+        // A 16-bit register read is refused (reads 0).
+        let mut short = [0xffu8; 2];
+        t.read(0x00, &mut short);
+        assert_eq!(short, [0, 0]);
+    }
+
+    #[test]
+    fn features_the_device_does_not_offer_fail_negotiation() {
+        let (mut t, count) = transport();
+        negotiate(&mut t, 1 | 2); // VERSION_1 plus an unknown bit 33
+        assert_eq!(read(&mut t, 0x70) & STATUS_FEATURES_OK, 0, "FEATURES_OK refused");
+        write(&mut t, 0x70, 1 | STATUS_DRIVER | STATUS_DRIVER_OK);
+        assert_eq!(count.load(Ordering::SeqCst), 0, "no activation without FEATURES_OK");
+    }
+
+    #[test]
+    fn queue_setup_is_checked_and_activation_happens_once() {
+        let (mut t, count) = transport();
+        write(&mut t, 0x38, 8); // before FEATURES_OK: ignored
+        negotiate(&mut t, 1);
+        assert_ne!(read(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+        assert_eq!(read(&mut t, 0x34), 16);
+        for bad in [0, 3, 32] {
+            write(&mut t, 0x38, bad); // not a power of two, or above the maximum: ignored
+        }
+        write(&mut t, 0x38, 8);
+        for (offset, value) in [(0x80, 0x1000), (0x90, 0x2000), (0xa0, 0x3000)] {
+            write(&mut t, offset, value);
+        }
+        write(&mut t, 0x44, 1);
+        assert_eq!(read(&mut t, 0x44), 1);
+        write(&mut t, 0x30, 7); // a queue that does not exist
+        assert_eq!(read(&mut t, 0x34), 0);
+        write(&mut t, 0x30, 0);
+        write(&mut t, 0x70, 1 | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert!(t.is_active());
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // Queue changes while active are ignored, except clearing QueueReady (a teardown).
+        write(&mut t, 0x38, 4);
+        write(&mut t, 0x44, 0);
+        assert_eq!(read(&mut t, 0x44), 0);
+        // Status may only gain bits; 0 resets.
+        write(&mut t, 0x70, 1);
+        assert!(t.is_active());
+        write(&mut t, 0x70, 0);
+        assert!(!t.is_active());
+        assert_eq!(read(&mut t, 0x70), 0);
+    }
+
+    #[test]
+    fn rings_outside_guest_memory_fail_the_device() {
+        let (mut t, count) = transport();
+        negotiate(&mut t, 1);
+        write(&mut t, 0x38, 8);
+        write(&mut t, 0x80, 0xffff_f000);
+        write(&mut t, 0x84, 0xffff);
+        write(&mut t, 0x44, 1);
+        write(&mut t, 0x70, 1 | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        assert_ne!(read(&mut t, 0x70) & STATUS_FAILED, 0);
     }
 }
