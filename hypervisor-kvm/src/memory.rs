@@ -55,12 +55,32 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let size = memory_bytes(mib)?;
     let file = memfd(c"vmm-guest-ram", size)?;
     let len = usize::try_from(size).map_err(|_| MemoryError::BadSize(mib))?;
-    GuestMemoryMmap::from_ranges_with_files([(
+    let mem = GuestMemoryMmap::from_ranges_with_files([(
         GuestAddress(0),
         len,
         Some(FileOffset::new(file, 0)),
     )])
-    .map_err(MemoryError::Mmap)
+    .map_err(MemoryError::Mmap)?;
+    advise_huge_pages(&mem);
+    Ok(mem)
+}
+
+/// Asks for transparent huge pages on guest RAM: each guest page the host must fault in is then
+/// 2 MiB instead of 4 KiB, far fewer faults and EPT entries. Shared memory gets them only where
+/// the host allows it (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` = `advise` or
+/// `always`); elsewhere this does nothing, which is fine.
+fn advise_huge_pages(mem: &GuestMemoryMmap) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for region in mem.iter() {
+        let Ok(host) = mem.get_host_address(region.start_addr()) else { continue };
+        // SAFETY: `host` and `region.len()` describe exactly the mapping vm-memory made for
+        // this region, which stays mapped while `mem` lives; MADV_HUGEPAGE only changes how
+        // the kernel backs the pages, not their contents or validity.
+        let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "MADV_HUGEPAGE on guest RAM");
+        }
+    }
 }
 
 #[cfg(test)]
