@@ -30,7 +30,6 @@ mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 host /host || echo "nested: mounting the host share failed"
 for d in proc sys dev; do mount --rbind /$d /host/$d; done
 for d in tmp run; do mount -t tmpfs tmpfs /host/$d; done
-echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled || echo "nested: no shmem THP setting"
 if [ -c /dev/kvm ]; then echo "NESTED-READY kvm=yes"; else echo "NESTED-READY kvm=no"; fi
 cp /etc/nested/command /host/tmp/nested-command
 cd /host && chroot /host /bin/sh /tmp/nested-command < /dev/null
