@@ -170,16 +170,29 @@ fn read_file(path: &Path) -> Result<Vec<u8>, BootError> {
     std::fs::read(path).map_err(|e| BootError::Read(path.display().to_string(), e))
 }
 
-/// Whether `path` starts with the ELF magic.
-fn is_elf(path: &Path) -> Result<bool, BootError> {
+/// What a kernel file is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// The ELF magic at offset 0 (a vmlinux).
+    Elf,
+    /// `HdrS` at offset 0x202 (a bzImage's setup header).
+    BzImage,
+    /// Neither.
+    Unknown,
+}
+
+/// Reads enough of `path` to tell an ELF vmlinux from a bzImage.
+pub fn kernel_format(path: &Path) -> std::io::Result<KernelFormat> {
     use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut file = File::open(path).map_err(|e| BootError::Read(path.display().to_string(), e))?;
-    match file.read_exact(&mut magic) {
-        Ok(()) => Ok(&magic == b"\x7fELF"),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(BootError::Read(path.display().to_string(), e)),
-    }
+    let mut head = Vec::with_capacity(0x206);
+    File::open(path)?.take(0x206).read_to_end(&mut head)?;
+    Ok(if head.starts_with(b"\x7fELF") {
+        KernelFormat::Elf
+    } else if head.get(0x202..0x206) == Some(&b"HdrS"[..]) {
+        KernelFormat::BzImage
+    } else {
+        KernelFormat::Unknown
+    })
 }
 
 /// Loads kernel, initrd and command line: an ELF vmlinux with the PVH boot structures, or
@@ -194,7 +207,8 @@ pub fn load(
     let initrd = initrd.map(read_file).transpose()?;
     let cmdline = Cmdline::try_from(cmdline, CMDLINE_MAX).map_err(BootError::Cmdline)?;
     load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline).map_err(BootError::CmdlineLoad)?;
-    if !is_elf(kernel)? {
+    let format = kernel_format(kernel).map_err(|e| BootError::Read(kernel.display().to_string(), e))?;
+    if format != KernelFormat::Elf {
         let len = cmdline.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0);
         let boot = crate::bzimage::load(mem, kernel, initrd.as_deref(), len, rsdp)?;
         tracing::info!(entry = boot.entry, "booting a bzImage through the Linux 64-bit boot protocol");

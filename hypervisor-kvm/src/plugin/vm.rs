@@ -5,6 +5,7 @@
 use super::config::{KvmConfig, Network};
 use super::state::{KvmFields, Lifecycle, StateError, VmState};
 use crate::api::client::{self, ClientError};
+use crate::boot::KernelFormat;
 use crate::layout::{MAX_DEVICES, MAX_VCPUS};
 use crate::memory::{MAX_MEMORY_BYTES, MIN_MEMORY_BYTES};
 use plugin_api::hypervisor::HypervisorConfig;
@@ -42,8 +43,6 @@ const STATUS_API_TIMEOUT: Duration = Duration::from_secs(2);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most of the vmm's log an error carries.
 const MAX_LOG: u64 = 4000;
-/// The ELF magic.
-const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
 /// Why a VM operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -250,21 +249,12 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     argv.into_vec()
 }
 
-/// Checks that the kernel is an ELF file (magic at 0) or a bzImage (`HdrS` at 0x202).
+/// Checks that the kernel is an ELF vmlinux or a bzImage (what the vmm boots).
 fn check_kernel_format(kernel: &Path) -> Result<(), VmError> {
-    let read_error = |source| VmError::KernelRead {
-        path: kernel.to_owned(),
-        source,
-    };
-    let mut head = Vec::with_capacity(0x206);
-    let file = std::fs::File::open(kernel).map_err(read_error)?;
-    file.take(0x206).read_to_end(&mut head).map_err(read_error)?;
-    let elf = head.starts_with(ELF_MAGIC);
-    let bzimage = head.get(0x202..0x206) == Some(&b"HdrS"[..]);
-    if elf || bzimage {
-        Ok(())
-    } else {
-        Err(VmError::KernelFormat(kernel.to_owned()))
+    match crate::boot::kernel_format(kernel) {
+        Ok(KernelFormat::Elf | KernelFormat::BzImage) => Ok(()),
+        Ok(KernelFormat::Unknown) => Err(VmError::KernelFormat(kernel.to_owned())),
+        Err(source) => Err(VmError::KernelRead { path: kernel.to_owned(), source }),
     }
 }
 
