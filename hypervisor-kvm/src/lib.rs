@@ -10,6 +10,7 @@ pub mod bus;
 pub mod bzimage;
 pub mod daemon;
 pub mod devices;
+pub mod host;
 pub mod layout;
 pub mod memory;
 pub mod pio;

@@ -15,8 +15,8 @@ use hypervisor_kvm::{run, VmConfig};
 struct Args {
     /// The kernel: an ELF vmlinux with a PVH entry note, or (the fallback) a bzImage booted
     /// through the Linux 64-bit boot protocol.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "check_host")]
+    kernel: Option<PathBuf>,
     /// Initrd (initramfs) to pass as the PVH module.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -30,8 +30,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
     /// File receiving the guest's serial console (COM1).
-    #[arg(long)]
-    console_log: PathBuf,
+    #[arg(long, required_unless_present = "check_host")]
+    console_log: Option<PathBuf>,
     /// Unix socket for the control API (JSON lines: state, start, pause, resume, shutdown,
     /// devices).
     #[arg(long)]
@@ -67,6 +67,10 @@ struct Args {
     /// log it, or no filters.
     #[arg(long, value_enum, default_value = "kill")]
     seccomp: SeccompMode,
+    /// Only check that this host's /dev/kvm can run guests (hardware virtualization), say so
+    /// and exit 0, or say why not and exit 1.
+    #[arg(long, exclusive = true)]
+    check_host: bool,
 }
 
 fn message(e: &dyn std::error::Error) -> String {
@@ -85,6 +89,22 @@ fn message(e: &dyn std::error::Error) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check_host {
+        return match hypervisor_kvm::host::check() {
+            Ok(()) => {
+                println!("vmm: this host can run guests ({} with hardware virtualization)", hypervisor_kvm::host::KVM_DEVICE);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{}", message(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (Some(kernel), Some(console_log)) = (args.kernel, args.console_log) else {
+        eprintln!("vmm: --kernel and --console-log are required");
+        return ExitCode::FAILURE;
+    };
     // Before any thread exists (the log subscriber starts none).
     let readiness: Option<Readiness> = if args.daemonize {
         match daemonize() {
@@ -102,12 +122,12 @@ fn main() -> ExitCode {
         .with_max_level(tracing::Level::INFO)
         .init();
     let config = VmConfig {
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
-        console_log: args.console_log,
+        console_log,
         api_socket: args.api_socket,
         start_paused: args.paused,
         seccomp: args.seccomp,

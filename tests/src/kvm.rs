@@ -5,17 +5,11 @@
 use crate::qemu::{guest_image, GuestImage};
 use std::path::PathBuf;
 
-/// Whether `/dev/kvm` can run a standard Linux guest: it opens read-write and the CPU has
-/// hardware virtualization (vmx or svm). This host's `/dev/kvm` (kvm_pvm) has neither flag
-/// and cannot boot a standard kernel (MACHINE-FACTS.md).
+/// Whether `/dev/kvm` can run a standard Linux guest (the vmm's own check,
+/// [`hypervisor_kvm::host::check`]). This host's `/dev/kvm` (kvm_pvm) cannot
+/// (MACHINE-FACTS.md).
 pub fn hardware_kvm() -> bool {
-    let opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let virt = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    opens && virt
+    hypervisor_kvm::host::check().is_ok()
 }
 
 /// The `vmm` binary of this build.

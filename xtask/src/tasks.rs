@@ -138,18 +138,15 @@ pub fn test(extra: &[String]) -> Result<()> {
         .args(["nextest", "run", "--workspace", "--no-fail-fast", "--cargo-quiet"])
         .args(extra));
     // Tier 4: without hardware KVM here, the ::kvm end-to-end tests run in a nested L1.
-    let nested = if crate::nested::suite::hardware_kvm() {
-        Ok("nested KVM not needed (this /dev/kvm has vmx/svm: the ::kvm end-to-end tests ran directly above)".to_owned())
-    } else {
-        match crate::nested::suite::run_suites(crate::nested::suite::default_timeout()) {
-            Ok(results) => {
-                for line in &results {
-                    println!("nested KVM: {line}");
-                }
-                Ok(format!("nested KVM ran (the ::kvm end-to-end tests on our vmm, in an L1 under QEMU/TCG: {})", results.join("; ")))
+    let nested = match crate::nested::suite::hardware_kvm() {
+        Ok(true) => Ok("nested KVM not needed (this /dev/kvm has vmx/svm: the ::kvm end-to-end tests ran directly above)".to_owned()),
+        Ok(false) => crate::nested::suite::run_suites(crate::nested::suite::default_timeout()).map(|results| {
+            for line in &results {
+                println!("nested KVM: {line}");
             }
-            Err(e) => Err(e),
-        }
+            format!("nested KVM ran (the ::kvm end-to-end tests on our vmm, in an L1 under QEMU/TCG: {})", results.join("; "))
+        }),
+        Err(e) => Err(e),
     };
     let nested_line = match &nested {
         Ok(line) => line.clone(),

@@ -12,10 +12,13 @@
 
 pub mod block;
 pub mod console;
+pub mod drain;
 pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
+#[cfg(test)]
+pub(crate) mod test_driver;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -59,12 +59,16 @@ fn script(binaries: &[(String, PathBuf, String)]) -> String {
     s
 }
 
-/// Whether this machine's `/dev/kvm` can boot Linux itself (vmx or svm): then the `::kvm`
-/// tests run directly in the normal suite and no L1 is needed.
-pub fn hardware_kvm() -> bool {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let virt = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    virt && std::path::Path::new("/dev/kvm").exists()
+/// Whether this machine's `/dev/kvm` can boot Linux itself, as the built `vmm --check-host`
+/// says (the check the end-to-end tests make): then the `::kvm` tests run directly in the
+/// normal suite and no L1 is needed. `Err` when the vmm cannot be run at all.
+pub fn hardware_kvm() -> Result<bool> {
+    crate::tasks::build_for_nested()?;
+    let vmm = crate::tasks::target_dir()?.join("debug/vmm");
+    let out = Command::new(&vmm).arg("--check-host").output().with_context(|| format!("running {} --check-host", vmm.display()))?;
+    let verdict = String::from_utf8_lossy(&out.stdout);
+    println!("{}", verdict.trim());
+    Ok(out.status.success())
 }
 
 /// Builds, boots L1, runs the suites; returns the libtest result lines, or an error that says

@@ -3,12 +3,13 @@
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::disk::Disk;
 use super::metrics::BlockMetrics;
 use super::request::{status_byte, Request, RequestKind, Segment};
+use crate::virtio::drain::drain;
 use crate::pio::RateLimit;
 
 /// How often one call looks at the available ring at most (so also how many chains it serves
@@ -34,53 +35,17 @@ pub fn process_queue(
     metrics: &BlockMetrics,
     log: &mut RateLimit,
 ) -> Processed {
-    let mut done = Processed::default();
-    let mut served = 0;
-    // Counts every look at the available ring, so that the loop ends even if the ring keeps
-    // claiming chains it does not deliver.
-    let mut steps = 0;
-    'outer: loop {
-        if let Err(e) = queue.disable_notification(mem) {
-            queue_error(metrics, log, "disabling notifications", &e);
-            break;
-        }
-        loop {
-            if steps == BUDGET {
-                done.more = true;
-                break 'outer;
-            }
-            steps += 1;
-            // `iter` re-reads the available index, and refuses one more than a queue ahead.
-            let chain = match queue.iter(mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => {
-                    queue_error(metrics, log, "reading the available ring", &e);
-                    break 'outer;
-                }
-            };
-            let Some(chain) = chain else { break };
-            let head = chain.head_index();
-            let len = serve(mem, chain, disk, metrics, log);
-            if let Err(e) = queue.add_used(mem, head, len) {
-                queue_error(metrics, log, "adding to the used ring", &e);
-                break 'outer;
-            }
-            BlockMetrics::inc(&metrics.requests);
-            served += 1;
-        }
-        match queue.enable_notification(mem) {
-            Ok(true) => continue,
-            Ok(false) => break,
-            Err(e) => {
-                queue_error(metrics, log, "enabling notifications", &e);
-                break;
-            }
-        }
-    }
-    if served > 0 {
-        done.notify = queue.needs_notification(mem).unwrap_or(true);
-    }
-    done
+    // One limiter for both closures: `serve` and `ring_error` are never called at once.
+    let log = std::cell::RefCell::new(log);
+    let done = drain(
+        mem,
+        queue,
+        BUDGET,
+        |chain| serve(mem, chain, disk, metrics, &mut log.borrow_mut()),
+        |what, e| queue_error(metrics, &mut log.borrow_mut(), what, e),
+    );
+    BlockMetrics::add(&metrics.requests, u64::from(done.used));
+    Processed { notify: done.signal, more: done.more }
 }
 
 fn queue_error(metrics: &BlockMetrics, log: &mut RateLimit, what: &str, e: &virtio_queue::Error) {

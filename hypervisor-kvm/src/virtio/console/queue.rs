@@ -9,6 +9,7 @@
 //! length 0 and counted. Data moves through one scratch buffer of [`MAX_CHAIN_IO`] bytes, so
 //! no chain makes the VMM allocate more than that, whatever lengths its descriptors claim.
 
+use std::cell::RefCell;
 use std::io::{ErrorKind, Read, Write};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -17,6 +18,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Gue
 use super::control::{ControlState, HEADER_LEN};
 use super::metrics::{ConsoleMetrics, Counter};
 use crate::pio::RateLimit;
+use crate::virtio::drain::{drain, signal};
 
 /// The most bytes moved for one chain at a time: one read from the host per receive chain,
 /// one guest-memory copy per write to the host.
@@ -206,10 +208,6 @@ fn complete(mem: &GuestMemoryMmap, queue: &mut Queue, head: u16, len: u32, scrat
     }
 }
 
-/// Whether the driver wants an interrupt after used buffers were added.
-fn needs_interrupt(mem: &GuestMemoryMmap, queue: &mut Queue, added: bool) -> bool {
-    added && queue.needs_notification(mem).unwrap_or(true)
-}
 
 fn bad_chain(
     mem: &GuestMemoryMmap,
@@ -266,7 +264,7 @@ pub fn send_control(
             metrics.control_to_guest.inc();
         }
     }
-    needs_interrupt(mem, rxq, added)
+    signal(mem, rxq, added)
 }
 
 /// What [`receive_control`] and [`transmit`] did.
@@ -288,49 +286,60 @@ pub fn receive_control(
     metrics: &ConsoleMetrics,
     scratch: &mut Scratch,
 ) -> Served {
-    let mut served = Served::default();
-    let mut added = false;
-    for _ in 0..CHAIN_BUDGET {
-        let Some(chain) = txq.pop_descriptor_chain(mem) else {
-            served.signal |= needs_interrupt(mem, txq, added);
-            return served;
-        };
-        let chain = match Chain::parse(mem, chain, Direction::DeviceReads) {
-            Ok(c) => c,
-            Err((head, e)) => {
-                added |= bad_chain(mem, txq, head, &e, metrics, scratch);
-                continue;
-            }
-        };
-        // Only the header is read: trailing bytes are ignored and never copied.
-        let mut header = [0u8; HEADER_LEN];
-        let n = match chain.read_at(mem, 0, &mut header) {
-            Ok(n) => n,
-            Err(e) => {
-                added |= bad_chain(mem, txq, chain.head(), &e, metrics, scratch);
-                continue;
-            }
-        };
-        match state.handle(&header[..n]) {
-            Ok(event) => {
-                metrics.control_from_guest.inc();
-                if let super::control::DriverEvent::GuestOpen(id, open) = event {
-                    if let Some(p) = metrics.port(id) {
-                        if open { p.guest_opens.inc() } else { p.guest_closes.inc() }
-                    }
+    // The chain handler and the ring-error report share the log limiter; `drain` never
+    // calls both at once.
+    let scratch = RefCell::new(scratch);
+    let mut answered = false;
+    let done = drain(
+        mem,
+        txq,
+        CHAIN_BUDGET,
+        |chain| {
+            let mut scratch = scratch.borrow_mut();
+            control_message(mem, chain, state, metrics, &mut scratch);
+            answered |= send_control(mem, rxq, state, metrics, &mut scratch);
+            0
+        },
+        |what, e| scratch.borrow_mut().complain(what, e),
+    );
+    Served { signal: done.signal || answered, more: done.more }
+}
+
+/// Handles one control message from the driver. Only its header is read: trailing bytes are
+/// ignored and never copied.
+fn control_message(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    state: &mut ControlState,
+    metrics: &ConsoleMetrics,
+    scratch: &mut Scratch,
+) {
+    let mut header = [0u8; HEADER_LEN];
+    let read = Chain::parse(mem, chain, Direction::DeviceReads)
+        .map_err(|(_, e)| e)
+        .and_then(|chain| chain.read_at(mem, 0, &mut header));
+    let n = match read {
+        Ok(n) => n,
+        Err(e) => {
+            metrics.bad_chains.inc();
+            scratch.complain("rejected a descriptor chain", &e);
+            return;
+        }
+    };
+    match state.handle(&header[..n]) {
+        Ok(event) => {
+            metrics.control_from_guest.inc();
+            if let super::control::DriverEvent::GuestOpen(id, open) = event {
+                if let Some(p) = metrics.port(id) {
+                    if open { p.guest_opens.inc() } else { p.guest_closes.inc() }
                 }
             }
-            Err(e) => {
-                metrics.control_invalid.inc();
-                scratch.complain("invalid control message", &e);
-            }
         }
-        added |= complete(mem, txq, chain.head(), 0, scratch);
-        served.signal |= send_control(mem, rxq, state, metrics, scratch);
+        Err(e) => {
+            metrics.control_invalid.inc();
+            scratch.complain("invalid control message", &e);
+        }
     }
-    served.signal |= needs_interrupt(mem, txq, added);
-    served.more = true;
-    served
 }
 
 /// Counters of one transmit queue.
@@ -394,7 +403,7 @@ pub fn transmit<W: Write>(
         while p.done < p.chain.len() {
             if bytes >= BYTE_BUDGET {
                 out.served.more = true;
-                out.served.signal = needs_interrupt(mem, txq, added);
+                out.served.signal = signal(mem, txq, added);
                 return out;
             }
             let want = usize::try_from(p.chain.len() - p.done).unwrap_or(usize::MAX).min(MAX_CHAIN_IO);
@@ -436,7 +445,7 @@ pub fn transmit<W: Write>(
         added |= complete(mem, txq, p.chain.head(), 0, scratch);
         *pending = None;
     }
-    out.served.signal = needs_interrupt(mem, txq, added);
+    out.served.signal = signal(mem, txq, added);
     out
 }
 
@@ -512,7 +521,7 @@ pub fn receive<R: Read>(
         // `written` is at most MAX_CHAIN_IO.
         added |= complete(mem, rxq, chain.head(), u32::try_from(written).unwrap_or(0), scratch);
     }
-    (needs_interrupt(mem, rxq, added), end)
+    (signal(mem, rxq, added), end)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::metrics::NetMetrics;
+use crate::virtio::drain::drain;
 use crate::pio::RateLimit;
 
 /// Size of `virtio_net_hdr_v1` (with `num_buffers`), in front of every frame.
@@ -129,42 +130,19 @@ impl Tx {
         frames: &mut F,
         metrics: &NetMetrics,
     ) -> TxProgress {
-        let mut used = false;
-        let mut budget = BUDGET;
-        let more = 'outer: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                self.queue_error(metrics, "disabling tx notifications", &e);
-            }
-            loop {
-                if budget == 0 {
-                    break 'outer true;
-                }
-                let chain = match pop(queue, mem) {
-                    Ok(Some(chain)) => chain,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.queue_error(metrics, "reading the tx available ring", &e);
-                        break 'outer false;
-                    }
-                };
-                budget -= 1;
-                let head = chain.head_index();
-                self.transmit(mem, chain, frames, metrics);
-                match queue.add_used(mem, head, 0) {
-                    Ok(()) => used = true,
-                    Err(e) => self.queue_error(metrics, "completing a tx chain", &e),
-                }
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break false,
-                Err(e) => {
-                    self.queue_error(metrics, "enabling tx notifications", &e);
-                    break false;
-                }
-            }
-        };
-        TxProgress { signal: used && needs_signal(queue, mem, metrics), more }
+        // `transmit` and `queue_error` share the log limiter; `drain` never calls both at once.
+        let this = std::cell::RefCell::new(self);
+        let done = drain(
+            mem,
+            queue,
+            BUDGET,
+            |chain| {
+                this.borrow_mut().transmit(mem, chain, frames, metrics);
+                0
+            },
+            |what, e| this.borrow_mut().queue_error(metrics, what, e),
+        );
+        TxProgress { signal: done.signal, more: done.more }
     }
 
     fn transmit<F: Frames>(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>, frames: &mut F, metrics: &NetMetrics) {

@@ -7,6 +7,7 @@
 //! and the payload is never longer than the chain or [`MAX_PAYLOAD`]. Rx chains (host to
 //! guest) are filled with one packet each, never beyond their writable length.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use super::metrics::VsockMetrics;
 use super::packet::{Header, Op, PacketError, HDR_LEN, MAX_PAYLOAD, OP_RST, OP_RW};
 use crate::pio::RateLimit;
+use crate::virtio::drain::{drain, signal};
 
 /// What the queues exchange packets with (the [`Muxer`](super::muxer::Muxer), or a fake).
 pub trait VsockBackend {
@@ -91,7 +93,7 @@ impl QueueHandler {
     }
 
     fn signal(mem: &GuestMemoryMmap, queue: &mut Queue, p: &mut Processed) {
-        p.notify = p.used > 0 && queue.needs_notification(mem).unwrap_or(true);
+        p.notify = signal(mem, queue, p.used > 0);
     }
 
     /// Hands the guest's packets to `backend`, at most one queue size of chains per call.
@@ -101,21 +103,29 @@ impl QueueHandler {
         queue: &mut Queue,
         backend: &mut B,
     ) -> Processed {
-        let budget = queue.size().max(1);
-        let mut p = Processed::default();
-        let mut popped = 0;
-        while popped < budget {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else { break };
-            popped += 1;
-            let head = chain.head_index();
-            if let Err(e) = self.tx_one(mem, chain, backend) {
-                self.complain("tx", &e);
-            }
-            self.finish(mem, queue, head, 0, &mut p);
-        }
-        p.more = popped == budget;
-        Self::signal(mem, queue, &mut p);
-        p
+        let budget = usize::from(queue.size().max(1));
+        // The chain handler and the ring-error report share the log limiter; `drain` never
+        // calls both at once.
+        let this = RefCell::new(self);
+        let done = drain(
+            mem,
+            queue,
+            budget,
+            |chain| {
+                let mut this = this.borrow_mut();
+                if let Err(e) = this.tx_one(mem, chain, backend) {
+                    this.complain("tx", &e);
+                }
+                0
+            },
+            |what, e| {
+                let mut this = this.borrow_mut();
+                if this.complaints.hit() {
+                    tracing::warn!(queue = "tx", error = %e, "virtio-vsock: {what}");
+                }
+            },
+        );
+        Processed { used: done.used, notify: done.signal, more: done.more }
     }
 
     fn tx_one<B: VsockBackend>(
