@@ -14,9 +14,11 @@
 //!   `serial:<dir>/agent-<N>.sock` for every port.
 //! - `HypervisorConfig.extra` must be `null` or `{}`: this plugin has no per-VM settings.
 //!
-//! The operations and the vmm's command line are in [`vm`].
+//! Creating a VM and the vmm's command line are in [`vm`]; starting, stopping, pausing,
+//! resuming and the status are [`vm_process::ops`], over this plugin's hooks in [`control`].
 
 pub mod config;
+pub mod control;
 pub mod state;
 pub mod vm;
 #[cfg(test)]
@@ -29,7 +31,6 @@ use state::VmState;
 use std::time::Duration;
 use vm::VmError;
 use vm_process::plugin::{Hypervisor, VmOps};
-use vm_process::process::ProcessError;
 
 /// The `kvm` hypervisor plugin.
 pub struct KvmPlugin;
@@ -61,52 +62,23 @@ impl VmOps for KvmConfig {
 
     fn error_kind(error: &VmError) -> ErrorKind {
         match error {
-            VmError::SandboxId(_)
-            | VmError::Spec(_)
-            | VmError::State(_)
-            | VmError::KernelFormat(_)
-            | VmError::TooManyDevices { .. }
-            | VmError::SocketPathTooLong(_)
-            | VmError::WrongState { .. } => ErrorKind::INVALID_INPUT,
+            VmError::Op(e) => e.kind(|_| ErrorKind::OTHER),
+            VmError::KernelFormat(_) | VmError::TooManyDevices { .. } => ErrorKind::INVALID_INPUT,
             VmError::VmmMissing(_) => ErrorKind::NOT_FOUND,
-            VmError::KernelRead { .. } | VmError::Dir(_) => ErrorKind::IO,
-            VmError::Process {
-                source: ProcessError::Signal { .. },
-                ..
-            } => ErrorKind::IO,
-            VmError::AlreadyRunning { .. } => ErrorKind::BUSY,
-            VmError::StartFailed { .. } | VmError::Api { .. } | VmError::Process { .. } => {
-                ErrorKind::OTHER
-            }
+            VmError::KernelRead { .. } => ErrorKind::IO,
         }
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.stop_timeout_ms)
     }
 
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState, VmError> {
         vm::create_vm(self, sandbox_id, config)
     }
 
-    fn start_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::start_vm(state)
-    }
-
-    fn stop_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::stop_vm(state, Duration::from_millis(self.stop_timeout_ms))
-    }
-
-    fn pause_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::pause_vm(state)
-    }
-
-    fn resume_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::resume_vm(state)
-    }
-
     fn agent_endpoint(&self, state: &VmState) -> Result<String, VmError> {
         vm::agent_endpoint(state)
-    }
-
-    fn vm_status(&self, state: &VmState) -> &'static str {
-        vm::vm_status(state)
     }
 }
 

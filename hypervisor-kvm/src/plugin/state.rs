@@ -11,7 +11,7 @@
 //! names one process, so a reused pid is never mistaken for the vmm. The envelope and its
 //! checks are [`vm_process::state`]'s; this plugin adds [`KvmFields`].
 
-use super::vm::VmDir;
+use super::vm::KvmLayout;
 use serde::{Deserialize, Serialize};
 use vm_process::blob::Schema;
 pub use vm_process::state::StateError;
@@ -40,7 +40,7 @@ pub struct KvmFields {
 impl VmFields for KvmFields {
     const SCHEMA: Schema = SCHEMA;
     const PROGRAM: &'static str = "vmm";
-    type Dir = VmDir;
+    type Layout = KvmLayout;
 
     fn agent_ports(&self) -> u32 {
         self.agent_ports
@@ -79,14 +79,8 @@ mod tests {
         }
     }
 
-    fn error(value: serde_json::Value) -> String {
-        vm_process::chain(&VmState::decode(&serde_json::to_vec(&value).unwrap()).unwrap_err())
-    }
-
-    fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
-        let mut v = serde_json::to_value(state()).unwrap();
-        v[key] = value;
-        v
+    fn error_with(key: &str, value: serde_json::Value) -> String {
+        vm_process::testing::error_with(&state(), key, value)
     }
 
     #[test]
@@ -118,22 +112,25 @@ mod tests {
 
     #[test]
     fn foreign_malformed_and_inconsistent_blobs_are_errors() {
-        let e = error(json!({"schema": "qemu-vm/1", "pid": 3}));
+        let e = vm_process::testing::decode_error::<KvmFields>(
+            &json!({"schema": "qemu-vm/1", "pid": 3}),
+        );
         assert!(
             e.contains("not a kvm VM state")
                 && e.contains("\"qemu-vm/1\"")
                 && e.contains("kvm-vm/1"),
             "{e}"
         );
-        assert!(error(with("schema", json!("kvm-vm/2"))).contains("newer"));
-        assert!(error(with("lifecycle", json!("exploded"))).contains("malformed kvm VM state"));
-        assert!(error(with("surprise", json!(1))).contains("malformed"));
-        assert!(error(with("sandbox_id", json!("../etc"))).contains("sandbox id"));
-        assert!(error(with("dir", json!("/run/k/other"))).contains("/run/k/other"));
-        assert!(error(with("argv", json!(["vmm"]))).contains("argv"));
-        assert!(error(with("agent_ports", json!(0))).contains("agent_ports 0"));
-        assert!(error(with("pid", json!(1))).contains("pid Some(1)"));
-        assert!(error(with("start_time", json!(null)))
-            .contains("running but has no pid and start_time"));
+        assert!(error_with("schema", json!("kvm-vm/2")).contains("newer"));
+        assert!(error_with("lifecycle", json!("exploded")).contains("malformed kvm VM state"));
+        assert!(error_with("surprise", json!(1)).contains("malformed"));
+        assert!(error_with("sandbox_id", json!("../etc")).contains("sandbox id"));
+        assert!(error_with("dir", json!("/run/k/other")).contains("/run/k/other"));
+        assert!(error_with("argv", json!(["vmm"])).contains("argv"));
+        assert!(error_with("agent_ports", json!(0)).contains("agent_ports 0"));
+        assert!(error_with("pid", json!(1)).contains("pid Some(1)"));
+        assert!(
+            error_with("start_time", json!(null)).contains("running but has no pid and start_time")
+        );
     }
 }

@@ -1,14 +1,17 @@
-//! Tests of [`super::vm`] that need no KVM: `fake-vmm.pl`, a test double of the `vmm` (it
-//! daemonizes, writes the pid file and answers the control API, but runs no VM), drives the
-//! start, pause/resume, stop escalation, failure and dead-VM paths.
+//! Tests of [`super::vm`] and of the shared operations over [`super::control`] that need no
+//! KVM: `fake-vmm.pl`, a test double of the `vmm` (it daemonizes, writes the pid file and
+//! answers the control API, but runs no VM), drives the start, pause/resume, stop escalation,
+//! failure and dead-VM paths.
 
 use super::config::KvmConfig;
+use super::control::ApiError;
 use super::state::{Lifecycle, VmState};
 use super::vm::{self, VmArgs, VmDir, VmError};
 use plugin_api::hypervisor::{DiskConfig, HypervisorConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
+use vm_process::ops::{self, OpError};
 use vm_process::process;
 use vm_process::spec::{DiskSpec, VmSpec};
 
@@ -52,7 +55,7 @@ struct Cleanup(VmState);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = vm::stop_vm(&self.0, Duration::from_millis(500));
+        let _ = ops::stop_vm(&self.0, Duration::from_millis(500));
     }
 }
 
@@ -60,13 +63,13 @@ impl Drop for Cleanup {
 fn a_vm_through_its_life() {
     let s = Setup::new();
     let created = s.create("sb1", "");
-    let running = vm::start_vm(&created).unwrap();
+    let running = ops::start_vm(&created).unwrap();
     let _cleanup = Cleanup(running.clone());
     let (pid, start) = running.process().unwrap();
     assert!(process::is_alive(pid, start));
     assert_eq!(running.lifecycle, Lifecycle::Running);
     assert_eq!(
-        vm::vm_status(&running),
+        ops::vm_status(&running),
         "running",
         "start_vm started the paused vmm"
     );
@@ -76,23 +79,23 @@ fn a_vm_through_its_life() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let paused = vm::pause_vm(&running).unwrap();
+    let paused = ops::pause_vm(&running).unwrap();
     assert_eq!(
-        (paused.lifecycle, vm::vm_status(&paused)),
+        (paused.lifecycle, ops::vm_status(&paused)),
         (Lifecycle::Paused, "paused")
     );
-    let e = vm::pause_vm(&paused).unwrap_err();
+    let e = ops::pause_vm(&paused).unwrap_err();
     assert!(
         e.to_string().contains("cannot pause (it is not running)"),
         "{e}"
     );
-    let resumed = vm::resume_vm(&paused).unwrap();
-    assert_eq!(vm::vm_status(&resumed), "running");
+    let resumed = ops::resume_vm(&paused).unwrap();
+    assert_eq!(ops::vm_status(&resumed), "running");
 
     // Another create or start of the same VM finds the live vmm.
-    let e = vm::start_vm(&created).unwrap_err();
+    let e = ops::start_vm(&created).unwrap_err();
     assert!(
-        matches!(e, VmError::AlreadyRunning { pid: p, .. } if p == pid),
+        matches!(e, OpError::AlreadyRunning { pid: p, .. } if p == pid),
         "{e:?}"
     );
     let e = vm::create_vm(
@@ -104,9 +107,12 @@ fn a_vm_through_its_life() {
         },
     )
     .unwrap_err();
-    assert!(matches!(e, VmError::AlreadyRunning { .. }), "{e:?}");
+    assert!(
+        matches!(e, VmError::Op(OpError::AlreadyRunning { .. })),
+        "{e:?}"
+    );
 
-    let stopped = vm::stop_vm(&resumed, Duration::from_secs(5)).unwrap();
+    let stopped = ops::stop_vm(&resumed, Duration::from_secs(5)).unwrap();
     assert_eq!(stopped.lifecycle, Lifecycle::Stopped);
     assert!(!process::is_alive(pid, start));
     assert!(!s.dir("sb1").exists());
@@ -123,8 +129,8 @@ fn base() -> HypervisorConfig {
 #[test]
 fn a_failing_start_carries_the_vmm_log() {
     let s = Setup::new();
-    let e = vm::start_vm(&s.create("sb1", "fake.fail")).unwrap_err();
-    assert!(matches!(e, VmError::StartFailed { .. }), "{e:?}");
+    let e = ops::start_vm(&s.create("sb1", "fake.fail")).unwrap_err();
+    assert!(matches!(e, OpError::StartFailed { .. }), "{e:?}");
     let text = e.to_string();
     assert!(
         text.contains("no PVH entry note")
@@ -139,10 +145,16 @@ fn a_failing_start_carries_the_vmm_log() {
 #[test]
 fn a_start_without_an_api_fails_and_kills_what_it_started() {
     let s = Setup::new();
-    let e = vm::start_vm(&s.create("sb1", "fake.noapi")).unwrap_err();
+    let e = ops::start_vm(&s.create("sb1", "fake.noapi")).unwrap_err();
     let text = vm_process::chain(&e);
     assert!(
-        matches!(e, VmError::Api { op: "state", .. }) && text.contains("api.sock"),
+        matches!(
+            e,
+            OpError::Control {
+                source: ApiError { op: "state", .. },
+                ..
+            }
+        ) && text.contains("api.sock"),
         "{text}"
     );
     let pid = process::read_pidfile(&s.dir("sb1").join("vmm.pid")).unwrap();
@@ -161,31 +173,31 @@ fn a_start_without_an_api_fails_and_kills_what_it_started() {
 #[test]
 fn a_vmm_that_went_away_is_dead_and_stop_still_cleans_up() {
     let s = Setup::new();
-    let running = vm::start_vm(&s.create("sb1", "")).unwrap();
+    let running = ops::start_vm(&s.create("sb1", "")).unwrap();
     let (pid, start) = running.process().unwrap();
     // The guest shut down: the vmm exits by itself.
     crate::api::client::request(
-        &VmDir(s.dir("sb1")).api_socket(),
+        &VmDir::new(s.dir("sb1")).control_socket(),
         "shutdown",
         Duration::from_secs(5),
     )
     .unwrap();
     assert!(process::wait_gone(pid, start, Duration::from_secs(5)));
-    assert_eq!(vm::vm_status(&running), "dead");
-    let e = vm::pause_vm(&running).unwrap_err();
+    assert_eq!(ops::vm_status(&running), "dead");
+    let e = ops::pause_vm(&running).unwrap_err();
     assert!(e.to_string().contains("sb1 is dead"), "{e}");
-    vm::stop_vm(&running, Duration::from_secs(1)).unwrap();
+    ops::stop_vm(&running, Duration::from_secs(1)).unwrap();
     assert!(!s.dir("sb1").exists());
 }
 
 #[test]
 fn stop_kills_a_vmm_that_does_not_quit() {
     let s = Setup::new();
-    let running = vm::start_vm(&s.create("sb1", "fake.deaf")).unwrap();
+    let running = ops::start_vm(&s.create("sb1", "fake.deaf")).unwrap();
     let _cleanup = Cleanup(running.clone());
     let (pid, start) = running.process().unwrap();
     let began = std::time::Instant::now();
-    vm::stop_vm(&running, Duration::from_millis(300)).unwrap();
+    ops::stop_vm(&running, Duration::from_millis(300)).unwrap();
     assert!(began.elapsed() >= Duration::from_millis(300));
     assert!(!process::is_alive(pid, start));
     assert!(!s.dir("sb1").exists());
@@ -194,16 +206,16 @@ fn stop_kills_a_vmm_that_does_not_quit() {
 #[test]
 fn a_recorded_pid_with_another_start_time_is_never_signalled() {
     let s = Setup::new();
-    let running = vm::start_vm(&s.create("sb1", "")).unwrap();
+    let running = ops::start_vm(&s.create("sb1", "")).unwrap();
     let _cleanup = Cleanup(running.clone());
     let (pid, start) = running.process().unwrap();
     let stale = VmState {
         start_time: Some(start + 1),
         ..running.clone()
     };
-    assert_eq!(vm::vm_status(&stale), "dead");
+    assert_eq!(ops::vm_status(&stale), "dead");
     // Stopping the stale record must not reach the live vmm (its API socket goes with the dir).
-    vm::stop_vm(&stale, Duration::from_millis(100)).unwrap();
+    ops::stop_vm(&stale, Duration::from_millis(100)).unwrap();
     assert!(
         process::is_alive(pid, start),
         "a process that is not the VM's was signalled"
@@ -234,7 +246,7 @@ fn the_vmm_command_line() {
             },
         ],
     };
-    let dir = VmDir("/run/k/sb1".into());
+    let dir = VmDir::new("/run/k/sb1");
     let tap = super::config::Network::Tap("tap0".into());
     let args = VmArgs {
         vmm: "/usr/bin/vmm".as_ref(),
@@ -325,5 +337,5 @@ fn disks_from_the_config_become_disk_flags() {
         "{:?}",
         state.argv
     );
-    vm::stop_vm(&state, Duration::from_secs(1)).unwrap();
+    ops::stop_vm(&state, Duration::from_secs(1)).unwrap();
 }

@@ -3,45 +3,30 @@
 use crate::accel::Accel;
 use crate::config::Network;
 use crate::spec::VmSpec;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 pub use vm_process::agent::{agent_channels, AGENT_VSOCK_PORT};
 pub use vm_process::dir::MAX_SOCKET_PATH;
 use vm_process::argv::Argv;
+use vm_process::dir::Layout;
 /// The prefix of the vsock device argument, followed by the CID.
 const VSOCK_DEVICE: &str = "vhost-vsock-pci,guest-cid=";
 
-/// The files in a VM's directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmDir(pub PathBuf);
+/// The lock that serializes QMP sessions, in the VM directory.
+pub const QMP_LOCK: &str = "qmp.lock";
 
-impl From<PathBuf> for VmDir {
-    fn from(dir: PathBuf) -> VmDir {
-        VmDir(dir)
-    }
+/// The files in a VM's directory: `qemu.pid`, `qmp.sock`, [`QMP_LOCK`] and the agent ports'
+/// sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QemuLayout;
+
+impl Layout for QemuLayout {
+    const PIDFILE: &'static str = "qemu.pid";
+    const CONTROL_SOCKET: &'static str = "qmp.sock";
+    const OTHER_SOCKETS: &'static [&'static str] = &[];
 }
 
-impl VmDir {
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-    /// QMP's socket.
-    pub fn qmp_socket(&self) -> PathBuf {
-        self.0.join("qmp.sock")
-    }
-    /// The lock that serializes QMP sessions.
-    pub fn qmp_lock(&self) -> PathBuf {
-        self.0.join("qmp.lock")
-    }
-    /// QEMU's pid file.
-    pub fn pidfile(&self) -> PathBuf {
-        self.0.join("qemu.pid")
-    }
-    /// The host socket of agent port `n` (`agent.<n>` in the guest).
-    pub fn agent_socket(&self, n: u32) -> PathBuf {
-        self.0.join(format!("agent-{n}.sock"))
-    }
-}
+/// A VM's directory.
+pub type VmDir = vm_process::dir::VmDir<QemuLayout>;
 
 /// What the command line is built from.
 #[derive(Debug, Clone)]
@@ -83,7 +68,7 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
         None => "null".into(),
     };
     argv.push(&["-serial", &serial]);
-    argv.push(&["-qmp", &format!("unix:{},server=on,wait=off", a.dir.qmp_socket().display())]);
+    argv.push(&["-qmp", &format!("unix:{},server=on,wait=off", a.dir.control_socket().display())]);
     argv.push(&["-device", "virtio-serial-pci"]);
     for n in 0..a.agent_ports {
         let chardev = format!("socket,id=agent{n},path={},server=on,wait=off", a.dir.agent_socket(n).display());
@@ -129,13 +114,6 @@ pub fn set_vsock_cid(argv: &mut [String], cid: u32) -> bool {
     }
 }
 
-/// The longest socket path of a VM in `dir` with `agent_ports` ports, if it is too long for a
-/// Unix socket address.
-pub fn socket_path_too_long(dir: &VmDir, agent_ports: u32) -> Option<PathBuf> {
-    let agents = (0..agent_ports).map(|n| dir.agent_socket(n));
-    vm_process::dir::too_long_socket(std::iter::once(dir.qmp_socket()).chain(agents))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,7 +135,7 @@ mod tests {
     }
 
     fn argv(accel: Accel, network: Network, vsock_cid: Option<u32>, spec: &VmSpec) -> Vec<String> {
-        let dir = VmDir("/run/q/sb1".into());
+        let dir = VmDir::new("/run/q/sb1");
         let qemu = Path::new("/usr/bin/qemu-system-x86_64");
         build(&VmArgs { qemu, sandbox_id: "sb1", dir: &dir, machine: "pc", accel, agent_ports: 2, network, vsock_cid, spec })
     }
@@ -238,9 +216,9 @@ mod tests {
     }
 
     #[test]
-    fn long_socket_paths_are_caught() {
-        assert_eq!(socket_path_too_long(&VmDir("/run/q/sb1".into()), 8), None);
-        let long = VmDir(PathBuf::from(format!("/{}", "d".repeat(100))));
-        assert_eq!(socket_path_too_long(&long, 1), Some(long.qmp_socket()));
+    fn the_sockets_of_a_vm_dir() {
+        let dir = VmDir::new("/run/q/sb1");
+        let names = ["qmp.sock", "agent-0.sock", "agent-1.sock"].map(|n| dir.file(n)).to_vec();
+        assert_eq!((dir.sockets(2), dir.pidfile()), (names, dir.file("qemu.pid")));
     }
 }

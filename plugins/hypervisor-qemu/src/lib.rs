@@ -12,11 +12,14 @@
 //!   then `serial:<run_dir>/<id>/agent-<N>.sock` for every port.
 //! - `HypervisorConfig.extra` must be `null` or `{}`: this plugin has no per-VM settings.
 //!
-//! The operations are in [`vm`]; QEMU's command line in [`argv`]; the QMP client in [`qmp`].
+//! Creating a VM is in [`vm`]; starting, stopping, pausing, resuming and the status are
+//! [`vm_process::ops`], over this plugin's hooks in [`control`]. QEMU's command line is in
+//! [`argv`]; the QMP client in [`qmp`].
 
 pub mod accel;
 pub mod argv;
 pub mod config;
+pub mod control;
 pub mod qmp;
 pub mod spec;
 pub mod state;
@@ -65,44 +68,25 @@ impl VmOps for QemuConfig {
 
     fn error_kind(error: &VmError) -> ErrorKind {
         match error {
-            VmError::SandboxId(_) | VmError::Spec(_) | VmError::State(_) | VmError::SocketPathTooLong(_) | VmError::WrongState { .. } => {
-                ErrorKind::INVALID_INPUT
-            }
+            VmError::Op(e) => e.kind(|qmp| match qmp {
+                qmp::QmpError::Busy { .. } => ErrorKind::BUSY,
+                _ => ErrorKind::OTHER,
+            }),
             VmError::Accel(_) => ErrorKind::UNSUPPORTED,
             VmError::QemuMissing(_) => ErrorKind::NOT_FOUND,
-            VmError::Dir(_) | VmError::Process { source: process::ProcessError::Signal { .. }, .. } => ErrorKind::IO,
-            VmError::AlreadyRunning { .. } => ErrorKind::BUSY,
-            VmError::Qmp { source: qmp::QmpError::Busy { .. }, .. } => ErrorKind::BUSY,
-            VmError::StartFailed { .. } | VmError::Qmp { .. } | VmError::Process { .. } => ErrorKind::OTHER,
         }
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.stop_timeout_ms)
     }
 
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState, VmError> {
         vm::create_vm(self, sandbox_id, config)
     }
 
-    fn start_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::start_vm(state)
-    }
-
-    fn stop_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::stop_vm(state, Duration::from_millis(self.stop_timeout_ms))
-    }
-
-    fn pause_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::pause_vm(state)
-    }
-
-    fn resume_vm(&self, state: &VmState) -> Result<VmState, VmError> {
-        vm::resume_vm(state)
-    }
-
     fn agent_endpoint(&self, state: &VmState) -> Result<String, VmError> {
         vm::agent_endpoint(state)
-    }
-
-    fn vm_status(&self, state: &VmState) -> &'static str {
-        vm::vm_status(state)
     }
 }
 

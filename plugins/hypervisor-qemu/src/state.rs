@@ -12,7 +12,7 @@
 //! are [`vm_process::state`]'s; this plugin adds [`QemuFields`].
 
 use crate::accel::Accel;
-use crate::argv::VmDir;
+use crate::argv::QemuLayout;
 use serde::{Deserialize, Serialize};
 use vm_process::blob::Schema;
 use vm_process::state::VmFields;
@@ -39,7 +39,7 @@ pub struct QemuFields {
 impl VmFields for QemuFields {
     const SCHEMA: Schema = SCHEMA;
     const PROGRAM: &'static str = "QEMU";
-    type Dir = VmDir;
+    type Layout = QemuLayout;
 
     fn agent_ports(&self) -> u32 {
         self.agent_ports
@@ -78,14 +78,12 @@ mod tests {
         }
     }
 
-    fn error(value: serde_json::Value) -> String {
-        VmState::decode(&serde_json::to_vec(&value).unwrap()).unwrap_err().to_string()
+    fn error(blob: serde_json::Value) -> String {
+        vm_process::testing::decode_error::<QemuFields>(&blob)
     }
 
-    fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
-        let mut v = serde_json::to_value(state()).unwrap();
-        v[key] = value;
-        v
+    fn error_with(key: &str, value: serde_json::Value) -> String {
+        vm_process::testing::error_with(&state(), key, value)
     }
 
     #[test]
@@ -112,11 +110,11 @@ mod tests {
         assert!(error(json!({"schema": 1})).contains("its schema is 1"));
         let e = error(json!({"schema": "kvm-vm/1", "pid": 3}));
         assert!(e.contains("\"kvm-vm/1\"") && e.contains("qemu-vm/1"), "{e}");
-        assert!(error(with("schema", json!("qemu-vm/2"))).contains("newer"));
-        assert!(error(with("schema", json!("qemu-vm/0"))).contains("qemu-vm/0"));
-        let e = error(with("lifecycle", json!("exploded")));
+        assert!(error_with("schema", json!("qemu-vm/2")).contains("newer"));
+        assert!(error_with("schema", json!("qemu-vm/0")).contains("qemu-vm/0"));
+        let e = error_with("lifecycle", json!("exploded"));
         assert!(e.contains("malformed"), "{e}");
-        assert!(error(with("surprise", json!(1))).contains("malformed"));
+        assert!(error_with("surprise", json!(1)).contains("malformed"));
         let mut v = serde_json::to_value(state()).unwrap();
         v.as_object_mut().unwrap().remove("argv");
         assert!(error(v).contains("malformed"));
@@ -124,17 +122,17 @@ mod tests {
 
     #[test]
     fn inconsistent_values_are_errors() {
-        assert!(error(with("sandbox_id", json!("../etc"))).contains("sandbox id"));
+        assert!(error_with("sandbox_id", json!("../etc")).contains("sandbox id"));
         for dir in ["relative/sb1", "/run/q/other", "/run/../sb1", "/"] {
-            let e = error(with("dir", json!(dir)));
+            let e = error_with("dir", json!(dir));
             assert!(e.contains("dir") && e.contains(dir), "{e}");
         }
-        assert!(error(with("argv", json!([]))).contains("argv"));
-        assert!(error(with("argv", json!(["qemu"]))).contains("argv"));
-        assert!(error(with("agent_ports", json!(0))).contains("agent_ports 0"));
-        assert!(error(with("vsock_cid", json!(2))).contains("vsock_cid 2"));
-        assert!(error(with("pid", json!(1))).contains("pid 1"));
-        assert!(error(with("pid", json!(null))).contains("running but has no pid"));
-        assert!(error(with("start_time", json!(null))).contains("no pid and start_time"));
+        assert!(error_with("argv", json!([])).contains("argv"));
+        assert!(error_with("argv", json!(["qemu"])).contains("argv"));
+        assert!(error_with("agent_ports", json!(0)).contains("agent_ports 0"));
+        assert!(error_with("vsock_cid", json!(2)).contains("vsock_cid 2"));
+        assert!(error_with("pid", json!(1)).contains("pid 1"));
+        assert!(error_with("pid", json!(null)).contains("running but has no pid"));
+        assert!(error_with("start_time", json!(null)).contains("no pid and start_time"));
     }
 }

@@ -1,10 +1,12 @@
-//! Tests of [`crate::vm`] that need no QEMU: fake `qemu` scripts and plain processes stand in
-//! for it, to drive the start failure, QMP-less start, stop escalation and busy-directory paths.
+//! Tests of [`crate::vm`] and of the shared operations over [`crate::control`] that need no
+//! QEMU: fake `qemu` scripts and plain processes stand in for it, to drive the start failure,
+//! QMP-less start, stop escalation and busy-directory paths.
 
 use crate::config::QemuConfig;
 use crate::process;
 use crate::state::{Lifecycle, QemuFields, VmState};
 use crate::vm::{self, VmError};
+use vm_process::ops::{self, OpError};
 use plugin_api::hypervisor::HypervisorConfig;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -60,8 +62,8 @@ fn spawn_sh(script: &str, name: &str) -> std::process::Child {
 fn a_failing_start_carries_qemu_stderr() {
     let s = Setup::new("echo 'qemu-system-x86_64: -kernel /x: could not load kernel' >&2\nexit 1");
     let state = s.create("sb1");
-    let e = vm::start_vm(&state).unwrap_err();
-    assert!(matches!(e, VmError::StartFailed { .. }), "{e:?}");
+    let e = ops::start_vm(&state).unwrap_err();
+    assert!(matches!(e, OpError::StartFailed { .. }), "{e:?}");
     let text = e.to_string();
     assert!(text.contains("could not load kernel") && text.contains("sb1") && text.contains("exit status: 1"), "{text}");
 }
@@ -75,7 +77,7 @@ sleep 30 </dev/null >/dev/null 2>&1 &
 echo $! > "$pidfile""#,
     );
     let state = s.create("sb1");
-    let e = vm::start_vm(&state).unwrap_err();
+    let e = ops::start_vm(&state).unwrap_err();
     let text = vm_process::chain(&e);
     assert!(text.contains("connecting to QMP") && text.contains("qmp.sock"), "{text}");
     let pid: i32 = std::fs::read_to_string(s.dir("sb1").join("qemu.pid")).unwrap().trim().parse().unwrap();
@@ -91,7 +93,7 @@ fn stop_escalates_to_sigterm_then_sigkill_and_removes_the_dir() {
 
     // No QMP: SIGTERM ends it.
     let mut child = spawn_sh("read line", "sandbox-sb1");
-    let stopped = vm::stop_vm(&running(&state, child.id()), Duration::from_secs(5)).unwrap();
+    let stopped = ops::stop_vm(&running(&state, child.id()), Duration::from_secs(5)).unwrap();
     assert_eq!(stopped.lifecycle, Lifecycle::Stopped);
     assert!(!s.dir("sb1").exists());
     assert!(child.wait().unwrap().code().is_none(), "killed by a signal");
@@ -101,7 +103,7 @@ fn stop_escalates_to_sigterm_then_sigkill_and_removes_the_dir() {
     let mut child = spawn_sh("trap '' TERM; exec sleep 30", "sandbox-sb2");
     std::thread::sleep(Duration::from_millis(100));
     let started = std::time::Instant::now();
-    vm::stop_vm(&running(&state, child.id()), Duration::from_millis(300)).unwrap();
+    ops::stop_vm(&running(&state, child.id()), Duration::from_millis(300)).unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
@@ -115,8 +117,8 @@ fn a_recorded_pid_with_another_start_time_is_never_signalled() {
     let mut child = spawn_sh("read line", "sandbox-sb1");
     let mut stale = running(&state, child.id());
     stale.start_time = stale.start_time.map(|t| t + 1);
-    assert_eq!(vm::vm_status(&stale), "dead");
-    vm::stop_vm(&stale, Duration::from_millis(100)).unwrap();
+    assert_eq!(ops::vm_status(&stale), "dead");
+    ops::stop_vm(&stale, Duration::from_millis(100)).unwrap();
     assert!(child.try_wait().unwrap().is_none(), "a process that is not the VM's was signalled");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -129,11 +131,11 @@ fn a_dir_with_a_live_qemu_is_busy() {
     let mut child = spawn_sh("read line", "sandbox-sb1");
     std::fs::write(s.dir("sb1").join("qemu.pid"), format!("{}\n", child.id())).unwrap();
     let e = vm::create_vm(&s.config, "sb1", &s.hv_config()).unwrap_err();
-    assert!(matches!(e, VmError::AlreadyRunning { .. }), "{e:?}");
+    assert!(matches!(e, VmError::Op(OpError::AlreadyRunning { .. })), "{e:?}");
     assert!(e.to_string().contains(&child.id().to_string()));
     // The same live process in the pid file of a VM that was never started: stop ends it.
     let state = VmState::decode(&s.create_blob_for_existing("sb1")).unwrap();
-    vm::stop_vm(&state, Duration::from_secs(5)).unwrap();
+    ops::stop_vm(&state, Duration::from_secs(5)).unwrap();
     assert!(child.wait().unwrap().code().is_none());
     assert!(!s.dir("sb1").exists());
 }

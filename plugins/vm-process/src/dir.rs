@@ -1,6 +1,8 @@
 //! The per-VM directory `<run_dir>/<sandbox_id>/` (mode 0700) that holds a VM's sockets and
-//! pid file, and the checks on the paths in it.
+//! pid file ([`VmDir`], its file names given by the plugin's [`Layout`]), and the checks on the
+//! paths in it.
 
+use std::marker::PhantomData;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -18,6 +20,85 @@ pub struct DirError {
     /// The cause.
     #[source]
     pub source: std::io::Error,
+}
+
+/// The names of the files a plugin's VMM keeps in its VM directory.
+pub trait Layout {
+    /// The VMM's pid file (`qemu.pid`, `vmm.pid`).
+    const PIDFILE: &'static str;
+    /// The control channel's socket (QEMU's `qmp.sock`, the vmm's `api.sock`).
+    const CONTROL_SOCKET: &'static str;
+    /// The VMM's sockets besides the control channel's and the agent ports' (`vsock.sock`).
+    const OTHER_SOCKETS: &'static [&'static str];
+}
+
+/// A VM's directory, its files named by the plugin's [`Layout`] `L`.
+pub struct VmDir<L> {
+    path: PathBuf,
+    layout: PhantomData<fn() -> L>,
+}
+
+impl<L> VmDir<L> {
+    /// The VM directory at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> VmDir<L> {
+        VmDir { path: path.into(), layout: PhantomData }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file `name` in the directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The host socket of agent port `n` (`agent.<n>` in the guest).
+    pub fn agent_socket(&self, n: u32) -> PathBuf {
+        self.file(&format!("agent-{n}.sock"))
+    }
+}
+
+impl<L: Layout> VmDir<L> {
+    /// The VMM's pid file.
+    pub fn pidfile(&self) -> PathBuf {
+        self.file(L::PIDFILE)
+    }
+
+    /// The control channel's socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.file(L::CONTROL_SOCKET)
+    }
+
+    /// Every socket of a VM with `agent_ports` ports: the control channel's, the other ones,
+    /// then the agent ports'.
+    pub fn sockets(&self, agent_ports: u32) -> Vec<PathBuf> {
+        let mut paths = vec![self.control_socket()];
+        paths.extend(L::OTHER_SOCKETS.iter().map(|name| self.file(name)));
+        paths.extend((0..agent_ports).map(|n| self.agent_socket(n)));
+        paths
+    }
+}
+
+impl<L> Clone for VmDir<L> {
+    fn clone(&self) -> VmDir<L> {
+        VmDir::new(self.path.clone())
+    }
+}
+
+impl<L> PartialEq for VmDir<L> {
+    fn eq(&self, other: &VmDir<L>) -> bool {
+        self.path == other.path
+    }
+}
+
+impl<L> Eq for VmDir<L> {}
+
+impl<L> std::fmt::Debug for VmDir<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("VmDir").field(&self.path).finish()
+    }
 }
 
 fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DirError + 'a {
@@ -80,6 +161,26 @@ pub fn remove_stale(paths: impl IntoIterator<Item = PathBuf>) -> Result<(), DirE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct TestLayout;
+
+    impl Layout for TestLayout {
+        const PIDFILE: &'static str = "t.pid";
+        const CONTROL_SOCKET: &'static str = "ctl.sock";
+        const OTHER_SOCKETS: &'static [&'static str] = &["v.sock"];
+    }
+
+    #[test]
+    fn files_of_a_layout() {
+        let dir = VmDir::<TestLayout>::new("/run/t/sb1");
+        assert_eq!((dir.path(), dir.pidfile()), (Path::new("/run/t/sb1"), PathBuf::from("/run/t/sb1/t.pid")));
+        let names: Vec<PathBuf> = ["ctl.sock", "v.sock", "agent-0.sock", "agent-1.sock"].iter().map(|n| dir.file(n)).collect();
+        assert_eq!(dir.sockets(2), names);
+        assert_eq!(VmDir::new("/run/t/sb1"), dir.clone());
+        assert_eq!(format!("{dir:?}"), "VmDir(\"/run/t/sb1\")");
+        let long = VmDir::<TestLayout>::new(format!("/{}", "d".repeat(100)));
+        assert_eq!(too_long_socket(long.sockets(1)), Some(long.control_socket()), "the first one too long");
+    }
 
     #[test]
     fn vm_dirs() {

@@ -7,6 +7,8 @@
 //! - [`spec`]: the checked [`HypervisorConfig`](plugin_api::hypervisor::HypervisorConfig);
 //! - [`blob`]: decoding versioned JSON state blobs;
 //! - [`state`]: the state blob's envelope around each plugin's own fields;
+//! - [`control`]: a plugin's hooks (its VMM's control channel, how it runs and is recognised);
+//! - [`ops`]: the VM operations over those hooks, and why they fail;
 //! - [`plugin`]: the `HypervisorPlugin` implementation over a plugin's typed operations;
 //! - [`config`]: parsing a plugin config and checking the keys every plugin has;
 //! - [`agent`]: the guest agent's channels and the kernel command line that names them;
@@ -18,12 +20,14 @@ pub mod agent;
 pub mod argv;
 pub mod blob;
 pub mod config;
+pub mod control;
 pub mod dir;
+pub mod ops;
 pub mod plugin;
 pub mod process;
 pub mod spec;
 pub mod state;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 use serde::{Deserialize, Serialize};

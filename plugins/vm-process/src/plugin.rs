@@ -5,16 +5,24 @@
 //! from the plugin ([`VmOps::error_kind`]) and whose message is the whole error chain.
 
 use crate::chain;
-use crate::state::{StateError, VmFields, VmState};
+use crate::control::Control;
+use crate::ops::{self, OpError};
+use crate::state::VmState;
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
 use plugin_api::{ErrorKind, PluginError};
+use std::time::Duration;
+
+/// Why an operation of the plugin `C` failed, for the reasons every plugin shares.
+pub type SharedError<C> = OpError<<<C as VmOps>::Fields as Control>::Error>;
 
 /// A plugin's typed VM operations, implemented by its config (what every operation reads).
+/// Starting, stopping, pausing, resuming and the status are the shared [`ops`] unless the
+/// plugin says otherwise.
 pub trait VmOps: Sized + Send + Sync + 'static {
-    /// The plugin's fields of its state blob.
-    type Fields: VmFields;
-    /// Why an operation failed; a refused blob is one of them.
-    type Error: std::error::Error + From<StateError>;
+    /// The plugin's fields of its state blob, with its hooks into the shared operations.
+    type Fields: Control;
+    /// Why an operation failed; the shared reasons (a refused blob among them) are some.
+    type Error: std::error::Error + From<SharedError<Self>>;
     /// Why the plugin config is refused.
     type ConfigError: std::error::Error;
 
@@ -22,20 +30,33 @@ pub trait VmOps: Sized + Send + Sync + 'static {
     fn parse(config: &[u8]) -> Result<Self, Self::ConfigError>;
     /// The [`ErrorKind`] the host sees for `error`.
     fn error_kind(error: &Self::Error) -> ErrorKind;
+    /// How long [`VmOps::stop_vm`] gives the VMM to quit before it is killed.
+    fn stop_timeout(&self) -> Duration;
     /// Creates the VM (its directory and its state); starts nothing.
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState<Self::Fields>, Self::Error>;
-    /// Boots a created VM.
-    fn start_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
-    /// Stops the VM and removes its directory (idempotent).
-    fn stop_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
-    /// Pauses a running VM.
-    fn pause_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
-    /// Resumes a paused VM.
-    fn resume_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error>;
     /// The agent's addresses, best first, `,`-separated.
     fn agent_endpoint(&self, state: &VmState<Self::Fields>) -> Result<String, Self::Error>;
-    /// `created`, `running`, `paused`, `stopped` or `dead`.
-    fn vm_status(&self, state: &VmState<Self::Fields>) -> &'static str;
+
+    /// Boots a created VM ([`ops::start_vm`]).
+    fn start_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error> {
+        Ok(ops::start_vm(state)?)
+    }
+    /// Stops the VM and removes its directory, idempotently ([`ops::stop_vm`]).
+    fn stop_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error> {
+        Ok(ops::stop_vm(state, self.stop_timeout())?)
+    }
+    /// Pauses a running VM ([`ops::pause_vm`]).
+    fn pause_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error> {
+        Ok(ops::pause_vm(state)?)
+    }
+    /// Resumes a paused VM ([`ops::resume_vm`]).
+    fn resume_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error> {
+        Ok(ops::resume_vm(state)?)
+    }
+    /// `created`, `running`, `paused`, `stopped` or `dead` ([`ops::vm_status`]).
+    fn vm_status(&self, state: &VmState<Self::Fields>) -> &'static str {
+        ops::vm_status(state)
+    }
 }
 
 /// A hypervisor instance: the plugin config `C`, nothing else.
@@ -62,7 +83,7 @@ impl<C: VmOps> Hypervisor<C> {
     }
 
     fn decode(blob: &[u8]) -> Result<VmState<C::Fields>, PluginError> {
-        VmState::decode(blob).map_err(|e| Self::plugin_error(e.into()))
+        VmState::decode(blob).map_err(|e| Self::plugin_error(SharedError::<C>::from(e).into()))
     }
 
     /// Decodes `blob`, runs `op` on it and encodes the new state.

@@ -14,6 +14,7 @@
 //! names one process, so a reused pid is never mistaken for the VMM.
 
 use crate::blob::{BlobError, Schema};
+use crate::dir::{Layout, VmDir};
 use crate::Lifecycle;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -43,8 +44,8 @@ pub trait VmFields: Serialize + DeserializeOwned {
     const SCHEMA: Schema;
     /// The VMM, as messages name it (`QEMU`, `vmm`).
     const PROGRAM: &'static str;
-    /// The plugin's view of the VM directory.
-    type Dir: From<PathBuf>;
+    /// The names of the files in the VM directory.
+    type Layout: Layout;
 
     /// How many agent ports the VM has.
     fn agent_ports(&self) -> u32;
@@ -98,8 +99,8 @@ impl<F: VmFields> VmState<F> {
     }
 
     /// The VM directory.
-    pub fn vm_dir(&self) -> F::Dir {
-        F::Dir::from(self.dir.clone())
+    pub fn vm_dir(&self) -> VmDir<F::Layout> {
+        VmDir::new(self.dir.clone())
     }
 
     /// The pid and start time of a started VM.
@@ -156,7 +157,7 @@ mod tests {
     impl VmFields for TestFields {
         const SCHEMA: Schema = Schema { what: "test VM state", prefix: "test-vm/", version: 1 };
         const PROGRAM: &'static str = "test VMM";
-        type Dir = PathBuf;
+        type Layout = TestLayout;
         fn agent_ports(&self) -> u32 {
             self.agent_ports
         }
@@ -168,20 +169,22 @@ mod tests {
         }
     }
 
+    struct TestLayout;
+
+    impl Layout for TestLayout {
+        const PIDFILE: &'static str = "vmm.pid";
+        const CONTROL_SOCKET: &'static str = "ctl.sock";
+        const OTHER_SOCKETS: &'static [&'static str] = &[];
+    }
+
     fn state() -> VmState<TestFields> {
         let argv = vec!["/bin/vmm".into(), "-x".into()];
         let state = VmState::created("sb1", "/run/t/sb1".into(), argv, TestFields { agent_ports: 2, cid: Some(7) });
         VmState { lifecycle: Lifecycle::Running, pid: Some(42), start_time: Some(9), ..state }
     }
 
-    fn error(value: serde_json::Value) -> String {
-        crate::chain(&VmState::<TestFields>::decode(value.to_string().as_bytes()).unwrap_err())
-    }
-
-    fn with(key: &str, value: serde_json::Value) -> serde_json::Value {
-        let mut v = serde_json::to_value(state()).unwrap();
-        v[key] = value;
-        v
+    fn error_with(key: &str, value: serde_json::Value) -> String {
+        crate::testing::error_with(&state(), key, value)
     }
 
     #[test]
@@ -192,7 +195,7 @@ mod tests {
         let at: Vec<usize> = keys.iter().map(|k| text.find(&format!("\"{k}\":")).unwrap()).collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
         assert_eq!(VmState::decode(text.as_bytes()).unwrap(), s);
-        assert_eq!((s.vm_dir(), s.process()), (PathBuf::from("/run/t/sb1"), Some((42, 9))));
+        assert_eq!((s.vm_dir().path(), s.process()), (std::path::Path::new("/run/t/sb1"), Some((42, 9))));
         assert_eq!(VmState::<TestFields>::schema_string(), "test-vm/1");
         let created = VmState { lifecycle: Lifecycle::Created, pid: None, start_time: None, ..s };
         assert_eq!(VmState::decode(&created.encode()).unwrap(), created);
@@ -203,18 +206,18 @@ mod tests {
 
     #[test]
     fn unknown_missing_and_inconsistent_fields_are_errors() {
-        assert!(error(with("surprise", json!(1))).contains("malformed test VM state: unknown field `surprise`"));
+        assert!(error_with("surprise", json!(1)).contains("malformed test VM state: unknown field `surprise`"));
         let mut v = serde_json::to_value(state()).unwrap();
         v.as_object_mut().unwrap().remove("agent_ports");
-        assert!(error(v).contains("malformed"));
-        assert!(error(with("lifecycle", json!("exploded"))).contains("malformed"));
-        assert!(error(with("schema", json!("other/1"))).starts_with("not a test VM state"));
-        assert!(error(with("sandbox_id", json!("../x"))).contains("sandbox id"));
-        let e = error(with("dir", json!("/run/t/other")));
+        assert!(crate::testing::decode_error::<TestFields>(&v).contains("malformed"));
+        assert!(error_with("lifecycle", json!("exploded")).contains("malformed"));
+        assert!(error_with("schema", json!("other/1")).starts_with("not a test VM state"));
+        assert!(error_with("sandbox_id", json!("../x")).contains("sandbox id"));
+        let e = error_with("dir", json!("/run/t/other"));
         assert!(e.starts_with("test VM state of sandbox \"sb1\": dir \"/run/t/other\""), "{e}");
-        assert!(error(with("argv", json!(["vmm"]))).contains("absolute test VMM path"));
-        assert!(error(with("agent_ports", json!(9))).contains("agent_ports 9 is not 1 to 8"));
-        assert!(error(with("cid", json!(2))).contains("cid 2 is reserved"));
-        assert!(error(with("pid", json!(null))).contains("running but has no pid and start_time"));
+        assert!(error_with("argv", json!(["vmm"])).contains("absolute test VMM path"));
+        assert!(error_with("agent_ports", json!(9)).contains("agent_ports 9 is not 1 to 8"));
+        assert!(error_with("cid", json!(2)).contains("cid 2 is reserved"));
+        assert!(error_with("pid", json!(null)).contains("running but has no pid and start_time"));
     }
 }

@@ -1,5 +1,6 @@
 //! Fixtures for the plugins' tests (the `test-util` feature).
 
+use crate::state::{VmFields, VmState};
 use plugin_api::hypervisor::{DiskConfig, HypervisorConfig};
 use std::path::{Path, PathBuf};
 
@@ -30,4 +31,25 @@ pub fn config_with_rootfs(dir: &Path, kernel: PathBuf) -> HypervisorConfig {
         disks: vec![DiskConfig { name: "rootfs".into(), path: image, read_only: true }],
         ..hypervisor_config(kernel)
     }
+}
+
+/// Why `blob` is refused as a `VmState<F>`: the error and its causes.
+///
+/// # Panics
+/// When the blob is accepted.
+pub fn decode_error<F: VmFields>(blob: &serde_json::Value) -> String {
+    match VmState::<F>::decode(blob.to_string().as_bytes()) {
+        Ok(_) => panic!("the blob {blob} was accepted"),
+        Err(e) => crate::chain(&e),
+    }
+}
+
+/// Why the blob of `state` with `key` set to `value` is refused (see [`decode_error`]).
+///
+/// # Panics
+/// When `state` does not serialize, or the changed blob is accepted.
+pub fn error_with<F: VmFields>(state: &VmState<F>, key: &str, value: serde_json::Value) -> String {
+    let mut blob = serde_json::to_value(state).expect("serializing the state");
+    blob[key] = value;
+    decode_error::<F>(&blob)
 }
