@@ -140,7 +140,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     // Tier 4: without hardware KVM here, the ::kvm end-to-end tests run in a nested L1.
     let nested = match crate::nested::suite::hardware_kvm() {
         Ok(true) => Ok("nested KVM not needed (this /dev/kvm has vmx/svm: the ::kvm end-to-end tests ran directly above)".to_owned()),
-        Ok(false) => crate::nested::suite::run_suites(crate::nested::suite::default_timeout()).map(|results| {
+        Ok(false) => crate::nested::suite::run_suites(&crate::nested::suite::Options::default()).map(|results| {
             for line in &results {
                 println!("nested KVM: {line}");
             }

@@ -8,7 +8,8 @@
 //!   `vsock.sock`, `agent-<N>.sock` (one per virtio-console agent port `agent.<N>`) and
 //!   `vmm.log` (the vmm's stderr). `stop_vm` removes it; the console log is the host's and
 //!   stays.
-//! - The kernel must be an ELF `vmlinux` (booted through PVH), not a bzImage.
+//! - The kernel is an ELF `vmlinux` (booted through PVH, the fast path) or a bzImage (the
+//!   fallback, booted through the Linux 64-bit boot protocol); anything else is refused.
 //! - The state blob is [`state::VmState`] (JSON, `"schema": "kvm-vm/1"`).
 //! - Agent endpoints, best first: `hvsock:<dir>/vsock.sock:1024` when `vsock` is on, then
 //!   `serial:<dir>/agent-<N>.sock` for every port.

@@ -42,17 +42,73 @@ fn test_executable(package: &str, test: &str) -> Result<PathBuf> {
     bail!("cargo did not name the executable of test {test} of {package}")
 }
 
-/// The shell script L1 runs: every suite under `timeout`, a marker line per binary.
-fn script(binaries: &[(String, PathBuf, String)]) -> String {
+/// Longest one test may print nothing in L1 before it counts as stalled: below the host's
+/// 300 s idle limit, so L1 can still say what it saw.
+const STALL_S: u64 = 240;
+
+/// What L1 prints about a stalled test before killing it: its processes, the VMMs' threads and
+/// kernel stacks, the VM logs and consoles the tests left in /tmp, each VM's KVM exit counters
+/// twice 5 s apart (a guest spinning on a device, a nested page fault loop and an idle guest
+/// look different there), memory and L1's kernel log.
+const DIAGNOSE: &str = r#"diagnose() {
+  echo "nested-test: $1 STALLED (no test output for $2 s); diagnostics follow"
+  ps -eo pid,ppid,stat,wchan:32,etime,args | grep -v '\[' | cut -c1-300 | sed 's/^/nested-diag: ps: /'
+  for p in $(pgrep -f 'debug/vmm |qemu-system-x86_64 .*-name sandbox-'); do
+    for t in /proc/$p/task/*; do
+      echo "nested-diag: task $t $(cut -d' ' -f2,3 $t/stat) wchan=$(cat $t/wchan)"
+      sed 's/^/nested-diag:     /' $t/stack 2>/dev/null | head -12
+    done
+  done
+  for f in $(find /tmp -name vmm.log -o -name console.log 2>/dev/null); do
+    echo "nested-diag: == $f"; tail -8 "$f" | cut -c1-300 | sed 's/^/nested-diag:    /'
+  done
+  mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+  for round in 1 2; do
+    for d in /sys/kernel/debug/kvm/*-*/; do
+      [ -d "$d" ] || continue
+      line="nested-diag: kvm $d"
+      for f in exits io_exits mmio_exits halt_exits halt_wakeup pf_taken pf_fixed irq_exits irq_injections insn_emulation signal_exits; do
+        [ -f "$d$f" ] && line="$line $f=$(cat "$d$f")"
+      done
+      echo "$line"
+    done
+    [ $round = 1 ] && sleep 5
+  done
+  grep -E 'MemFree|Shmem|AnonHuge' /proc/meminfo | tr -s ' \n' ' ' | sed 's/^/nested-diag: meminfo: /'; echo
+  dmesg | tail -20 | sed 's/^/nested-diag: dmesg: /'
+}
+"#;
+
+/// The shell script L1 runs: every suite with a watchdog, a marker line per binary. A binary
+/// whose tests print nothing for [`STALL_S`] seconds, or that runs longer than
+/// [`BINARY_TIMEOUT_S`], is diagnosed and killed, and reported as hung.
+fn script(binaries: &[(String, PathBuf, String)], options: &Options) -> String {
     let mut s = String::from("status=0\nexport SANDBOX_TESTS_STRICT=1 RUST_BACKTRACE=1 TMPDIR=/tmp\n");
-    for (name, exe, filter) in binaries {
+    if options.huge_pages {
+        s.push_str("echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled\n");
+    }
+    s.push_str(DIAGNOSE);
+    for (name, exe, filter) in std::iter::repeat_n(binaries, options.repeat).flatten() {
         s.push_str(&format!(
             "echo \"nested-test: {name}\"\n\
-             timeout -s KILL {BINARY_TIMEOUT_S} '{}' --test-threads 1 --color never '{filter}'\n\
-             rc=$?\n\
-             if [ $rc = 137 ]; then echo \"nested-test: {name} HUNG (killed after {BINARY_TIMEOUT_S} s)\"; status=2; \
+             : > /tmp/nested-test.out\n\
+             '{exe}' --test-threads 1 --color never '{filter}' > /tmp/nested-test.out 2>&1 &\n\
+             pid=$!\n\
+             tail -f /tmp/nested-test.out &\n\
+             tailpid=$!\n\
+             idle=0; ran=0; last=0; hung=0\n\
+             while kill -0 $pid 2>/dev/null; do\n\
+               sleep 5; ran=$((ran+5)); size=$(wc -c < /tmp/nested-test.out)\n\
+               if [ \"$size\" = \"$last\" ]; then idle=$((idle+5)); else idle=0; last=$size; fi\n\
+               if [ $idle -ge {STALL_S} ] || [ $ran -ge {BINARY_TIMEOUT_S} ]; then\n\
+                 diagnose '{name}' $idle; kill -9 $pid; pkill -9 -f 'debug/vmm |qemu-system-x86_64 .*-name sandbox-'; hung=1; break\n\
+               fi\n\
+             done\n\
+             wait $pid; rc=$?\n\
+             sleep 1; kill $tailpid\n\
+             if [ $hung = 1 ]; then echo \"nested-test: {name} HUNG (killed after $ran s, $idle s without output)\"; status=2; \
              elif [ $rc != 0 ]; then echo \"nested-test: {name} FAILED (exit $rc)\"; [ $status = 0 ] && status=1; fi\n",
-            exe.display()
+            exe = exe.display()
         ));
     }
     s.push_str("exit $status\n");
@@ -71,9 +127,28 @@ pub fn hardware_kvm() -> Result<bool> {
     Ok(out.status.success())
 }
 
+/// How `cargo xtask nested-test` runs the suites.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The whole L1 run's timeout.
+    pub timeout: Duration,
+    /// Allow transparent huge pages on shared memory in L1 (`shmem_enabled` = `advise`), so the
+    /// vmm's memfd guest RAM gets them; off by default, since L2 guests on huge pages
+    /// sometimes stall in this nested environment (MACHINE-FACTS.md).
+    pub huge_pages: bool,
+    /// How many times each suite runs in the one L1.
+    pub repeat: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { timeout: Duration::from_secs(BINARY_TIMEOUT_S * SUITES.len() as u64 + 60), huge_pages: false, repeat: 1 }
+    }
+}
+
 /// Builds, boots L1, runs the suites; returns the libtest result lines, or an error that says
 /// whether a test failed, a binary hung, or L1 itself did not work.
-pub fn run_suites(timeout: Duration) -> Result<Vec<String>> {
+pub fn run_suites(options: &Options) -> Result<Vec<String>> {
     let target = crate::tasks::target_dir()?;
     crate::tasks::build_for_nested()?;
     crate::guest::build(&target)?;
@@ -81,38 +156,39 @@ pub fn run_suites(timeout: Duration) -> Result<Vec<String>> {
     for (package, test, filter) in SUITES {
         binaries.push((format!("{package}/{test}"), test_executable(package, test)?, filter.to_string()));
     }
-    let text = script(&binaries);
+    let text = script(&binaries, options);
     let image = l1::build_with(&target, &["sh".into(), "-c".into(), text])?;
-    let outcome = run(&image, timeout)?;
+    let outcome = run(&image, options.timeout)?;
     if !outcome.kvm {
         bail!("L1 has no /dev/kvm: kvm_amd did not load (see the console above)");
     }
     let results: Vec<String> = outcome.output.iter().filter(|l| l.starts_with("test result:")).cloned().collect();
     println!("nested-test: L1 up in {:.1} s; tests ran {:.1} s", outcome.boot.as_secs_f64(), outcome.ran.as_secs_f64());
     match outcome.status {
-        0 if results.len() == binaries.len() => Ok(results),
-        0 => bail!("only {} of {} test binaries reported a result", results.len(), binaries.len()),
+        0 if results.len() == binaries.len() * options.repeat => Ok(results),
+        0 => bail!("only {} of {} test binary runs reported a result", results.len(), binaries.len() * options.repeat),
         2 => bail!("a test binary hung in L1 (see the HUNG line above)"),
         n => bail!("hypervisor-kvm end-to-end tests failed in L1 (exit status {n}): {}", results.join("; ")),
     }
 }
 
-/// The default timeout of the whole L1 run.
-pub fn default_timeout() -> Duration {
-    Duration::from_secs(BINARY_TIMEOUT_S * SUITES.len() as u64 + 60)
-}
+const USAGE: &str = "usage: cargo xtask nested-test [--timeout SECS] [--repeat N] [--huge-pages]";
 
-/// `cargo xtask nested-test [--timeout SECS]`.
+/// `cargo xtask nested-test [--timeout SECS] [--repeat N] [--huge-pages]`.
 pub fn task(args: &[String]) -> Result<()> {
-    let mut timeout = default_timeout();
+    let mut options = Options::default();
+    let mut timeout = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--timeout" => timeout = super::timeout_arg(it.next())?,
-            other => bail!("unknown argument {other:?}; usage: cargo xtask nested-test [--timeout SECS]"),
+            "--timeout" => timeout = Some(super::timeout_arg(it.next())?),
+            "--repeat" => options.repeat = it.next().and_then(|s| s.parse().ok()).filter(|n| *n > 0).context("--repeat needs a positive number")?,
+            "--huge-pages" => options.huge_pages = true,
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
-    for line in run_suites(timeout)? {
+    options.timeout = timeout.unwrap_or(options.timeout * options.repeat as u32);
+    for line in run_suites(&options)? {
         println!("nested-test: {line}");
     }
     Ok(())
@@ -122,8 +198,8 @@ pub fn task(args: &[String]) -> Result<()> {
 mod tests {
     #[test]
     fn script_reports_each_binary() {
-        let s = super::script(&[("p/t".into(), "/x/t-1".into(), "::kvm".into())]);
-        assert!(s.contains("timeout -s KILL 900 '/x/t-1' --test-threads 1 --color never '::kvm'"), "{s}");
-        assert!(s.contains("HUNG") && s.ends_with("exit $status\n"));
+        let s = super::script(&[("p/t".into(), "/x/t-1".into(), "::kvm".into())], &super::Options::default());
+        assert!(s.contains("'/x/t-1' --test-threads 1 --color never '::kvm' > /tmp/nested-test.out"), "{s}");
+        assert!(s.contains("diagnose 'p/t'") && s.contains("HUNG") && s.ends_with("exit $status\n"));
     }
 }
