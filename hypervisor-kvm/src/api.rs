@@ -181,6 +181,7 @@ fn handle(line: &str, ctx: &ApiContext) -> (Value, bool) {
         "start" => ctx.control.start(),
         "pause" => ctx.control.pause(),
         "resume" => ctx.control.resume(),
+        "stop" => ctx.control.halt(),
         "shutdown" => return (json!({ "ok": true, "state": "stopping" }), true),
         "devices" => {
             let devices: Vec<DeviceInfo> = ctx
@@ -203,7 +204,7 @@ fn handle(line: &str, ctx: &ApiContext) -> (Value, bool) {
         other => {
             return (
                 error(format!(
-                    "unknown op {other:?} (known: state, start, pause, resume, shutdown, devices)"
+                    "unknown op {other:?} (known: state, start, pause, resume, stop, shutdown, devices)"
                 )),
                 false,
             )
@@ -267,5 +268,55 @@ pub mod client {
                     .to_owned(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pio::PioBus;
+    use crate::serial::SerialPort;
+
+    fn context() -> ApiContext {
+        let sink: Box<dyn std::io::Write + Send> = Box::new(std::io::sink());
+        let serial = SerialPort::new(sink).expect("a serial port").0;
+        ApiContext {
+            // No vCPU threads: the run state alone, as the vCPUs see it.
+            control: Arc::new(RunControl::new(0, libc::SIGUSR2)),
+            bus: Arc::new(Bus::new(PioBus::new(serial), Vec::new())),
+            events: std::sync::mpsc::channel().0,
+            vcpus: 1,
+            memory_mib: 256,
+        }
+    }
+
+    fn op(ctx: &ApiContext, op: &str) -> Value {
+        handle(&json!({ "op": op }).to_string(), ctx).0
+    }
+
+    #[test]
+    fn every_op_answers_with_the_state_it_left() {
+        let ctx = context();
+        assert_eq!(op(&ctx, "state")["state"], "created");
+        assert_eq!(op(&ctx, "start")["state"], "running");
+        assert_eq!(op(&ctx, "pause")["state"], "paused");
+        assert_eq!(op(&ctx, "resume")["state"], "running");
+        assert_eq!(op(&ctx, "stop")["state"], "stopped");
+        let refused = op(&ctx, "resume");
+        assert_eq!(refused["ok"], false);
+        assert_eq!(refused["error"], "cannot resume: the VM is stopped");
+        assert_eq!(op(&ctx, "devices")["devices"], json!([]));
+        let (answer, shutdown) = handle(r#"{"op":"shutdown"}"#, &ctx);
+        assert!(shutdown && answer["state"] == "stopping");
+    }
+
+    #[test]
+    fn bad_requests_name_what_was_wrong() {
+        let ctx = context();
+        assert!(op(&ctx, "reboot")["error"].as_str().is_some_and(|e| e.contains("unknown op \"reboot\"")));
+        let (answer, shutdown) = handle("garbage", &ctx);
+        assert!(!shutdown && answer["error"].as_str().is_some_and(|e| e.starts_with("bad request")));
+        let (answer, _) = handle(r#"{"op":"state","extra":1}"#, &ctx);
+        assert_eq!(answer["ok"], false);
     }
 }

@@ -32,7 +32,7 @@ struct Args {
     /// File receiving the guest's serial console (COM1).
     #[arg(long, required_unless_present = "check_host")]
     console_log: Option<PathBuf>,
-    /// Unix socket for the control API (JSON lines: state, start, pause, resume, shutdown,
+    /// Unix socket for the control API (JSON lines: state, start, pause, resume, stop, shutdown,
     /// devices).
     #[arg(long)]
     api_socket: Option<PathBuf>,

@@ -1,5 +1,6 @@
 //! The VM's run state, shared by the vCPU threads and the control API: vCPUs park while the
-//! VM is created (not started) or paused, and leave their loop when it stops.
+//! VM is created (not started), paused or stopped, and leave their loop when the vmm shuts
+//! down.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -19,6 +20,9 @@ pub enum VmState {
     Paused,
     /// Shutting down: vCPUs leave their loops.
     Stopping,
+    /// vCPUs parked for good: the guest never runs again, the process and its API stay (to be
+    /// asked, or told to shut down).
+    Stopped,
 }
 
 impl std::fmt::Display for VmState {
@@ -28,6 +32,7 @@ impl std::fmt::Display for VmState {
             VmState::Running => "running",
             VmState::Paused => "paused",
             VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
         })
     }
 }
@@ -38,6 +43,7 @@ impl VmState {
             0 => VmState::Created,
             1 => VmState::Running,
             2 => VmState::Paused,
+            4 => VmState::Stopped,
             _ => VmState::Stopping,
         }
     }
@@ -169,9 +175,10 @@ impl RunControl {
         }
     }
 
-    /// Running → paused; returns once every vCPU has left KVM_RUN and parked.
+    /// Running → paused; returns once every vCPU has left KVM_RUN and parked (if they do not
+    /// within [`RunStateError::PAUSE_TIMEOUT`], the VM runs on).
     pub fn pause(&self) -> Result<(), RunStateError> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         match self.state() {
             VmState::Running => self.set(VmState::Paused),
             state => {
@@ -181,15 +188,35 @@ impl RunControl {
                 })
             }
         }
+        self.park_all(inner).inspect_err(|_| self.set(VmState::Running))
+    }
+
+    /// Created, running or paused → stopped: the vCPUs park for good; returns once every one
+    /// has left KVM_RUN (one that has not within [`RunStateError::PAUSE_TIMEOUT`] parks when
+    /// it next leaves it). Stopping a stopped VM does nothing.
+    pub fn halt(&self) -> Result<(), RunStateError> {
+        let inner = self.lock();
+        match self.state() {
+            VmState::Created | VmState::Running | VmState::Paused => self.set(VmState::Stopped),
+            VmState::Stopped => return Ok(()),
+            state @ VmState::Stopping => {
+                return Err(RunStateError::Wrong {
+                    action: "stop",
+                    state,
+                })
+            }
+        }
+        self.park_all(inner)
+    }
+
+    /// Waits until every vCPU has parked, kicking them out of KVM_RUN meanwhile.
+    fn park_all(&self, mut inner: MutexGuard<'_, Inner>) -> Result<(), RunStateError> {
         let deadline = Instant::now() + RunStateError::PAUSE_TIMEOUT;
         while inner.parked < self.vcpus {
             let now = Instant::now();
             if now >= deadline {
-                let parked = inner.parked;
-                drop(inner);
-                self.set(VmState::Running);
                 return Err(RunStateError::PauseTimeout {
-                    parked,
+                    parked: inner.parked,
                     total: self.vcpus,
                 });
             }
@@ -222,9 +249,10 @@ impl RunControl {
 
     /// Any state → stopping; kicks the vCPUs out of KVM_RUN (repeatedly, until `done`
     /// returns true or `timeout` passes). Returns whether `done` became true.
+    /// The lock is held only to change the state and to kick: a vCPU parked in
+    /// [`RunControl::checkpoint`] (created, paused, stopped VM) needs it to wake and leave.
     pub fn stop(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
-        let inner = self.lock();
-        self.set(VmState::Stopping);
+        self.set_locked(VmState::Stopping);
         let deadline = Instant::now() + timeout;
         loop {
             if done() {
@@ -233,9 +261,14 @@ impl RunControl {
             if Instant::now() >= deadline {
                 return false;
             }
-            self.kick_all(&inner);
+            self.kick_all(&self.lock());
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    fn set_locked(&self, state: VmState) {
+        let _inner = self.lock();
+        self.set(state);
     }
 }
 
@@ -260,9 +293,34 @@ mod tests {
         rc.pause().unwrap();
         assert_eq!(rc.state(), VmState::Paused);
         rc.resume().unwrap();
+        rc.halt().unwrap();
+        assert_eq!(rc.state(), VmState::Stopped);
+        rc.halt().unwrap();
+        for refused in [rc.start(), rc.resume(), rc.pause()] {
+            assert!(matches!(refused, Err(RunStateError::Wrong { state: VmState::Stopped, .. })));
+        }
         assert!(rc.stop(Duration::from_millis(10), || true));
         assert_eq!(rc.state(), VmState::Stopping);
         assert!(rc.start().is_err());
+        assert!(rc.halt().is_err());
+    }
+
+    #[test]
+    fn parked_vcpus_leave_on_stop() {
+        for park in [RunControl::start as fn(&RunControl) -> Result<(), RunStateError>, RunControl::halt] {
+            let rc = Arc::new(RunControl::new(1, libc::SIGUSR2));
+            let vcpu = {
+                let rc = rc.clone();
+                std::thread::spawn(move || while rc.checkpoint() {})
+            };
+            // Created (never started), or started then stopped: the vCPU is parked.
+            park(&rc).unwrap();
+            if rc.state() == VmState::Running {
+                rc.pause().unwrap();
+            }
+            assert!(rc.stop(Duration::from_secs(5), || vcpu.is_finished()), "a parked vCPU must see the stop");
+            vcpu.join().unwrap();
+        }
     }
 
     #[test]
@@ -290,6 +348,10 @@ mod tests {
         assert!(rx.try_recv().is_err(), "a paused VM's vCPU does not run");
         rc.resume().unwrap();
         rx.recv().unwrap();
+        rc.halt().unwrap();
+        while rx.try_recv().is_ok() {}
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rx.try_recv().is_err(), "a stopped VM's vCPU does not run");
         assert!(rc.stop(Duration::from_secs(2), || vcpu.is_finished()));
         vcpu.join().unwrap();
     }
