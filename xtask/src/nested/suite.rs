@@ -15,6 +15,7 @@ const SUITES: &[(&str, &str, &str)] = &[
     // (package, test target, filter)
     ("integration-tests", "sandbox_api", "::kvm"),
     ("integration-tests", "vmm_devices", "kvm"),
+    ("integration-tests", "vmm_api", "kvm"),
 ];
 
 /// Longest one test binary may run in L1 before it counts as hung.
