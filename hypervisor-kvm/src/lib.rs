@@ -10,6 +10,8 @@ pub mod bus;
 pub mod bzimage;
 pub mod daemon;
 pub mod devices;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod host;
 pub mod layout;
 pub mod memory;
