@@ -210,7 +210,7 @@ mod device_tests {
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    use super::tests::{image, memory, Driver, R, W};
+    use super::tests::{header, image, memory, Driver, R, W};
     use super::*;
     use crate::virtio::{Interrupt, INT_USED_RING};
 
@@ -259,7 +259,7 @@ mod device_tests {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let activation = Activation {
             mem: mem.clone(),
-            queues: vec![driver.queue()],
+            queues: vec![driver.queue(false)],
             queue_evts: vec![queue_evt.try_clone().unwrap()],
             interrupt: Arc::new(Interrupt::new(irq.try_clone().unwrap())),
             acked_features: blk.features(),
@@ -284,7 +284,7 @@ mod device_tests {
         let img = image(8);
         let mut blk = Block::new(img.path(), false, "vda").unwrap();
         let mut driver = Driver::new(&mem);
-        driver.header(0x1000, VIRTIO_BLK_T_IN, 1);
+        header(&mem, 0x1000, VIRTIO_BLK_T_IN, 1);
         let (act, queue_evt, irq) = activation(&blk, &driver, &mem);
         let interrupt = act.interrupt.clone();
         blk.activate(act).unwrap();
@@ -294,7 +294,7 @@ mod device_tests {
         queue_evt.write(1).unwrap();
         assert!(wait_for_interrupt(&irq), "no interrupt within 10 s");
         assert_eq!(interrupt.status() & INT_USED_RING, INT_USED_RING);
-        assert_eq!(driver.used(0), (1, 0, 513));
+        assert_eq!(driver.used(), [(0, 513)]);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x3000)).unwrap(), VIRTIO_BLK_S_OK as u8);
         let mut data = [0u8; 512];
         mem.read_slice(&mut data, GuestAddress(0x2000)).unwrap();
@@ -306,7 +306,7 @@ mod device_tests {
         driver.add(&[(0x1000, 16, R), (0x2000, 512, W), (0x3000, 1, W)]);
         queue_evt.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(driver.used(0).0, 1);
+        assert_eq!(driver.used().len(), 1);
 
         // The driver sets the device up again.
         let mut driver = Driver::new(&mem);
@@ -315,7 +315,7 @@ mod device_tests {
         driver.add(&[(0x1000, 16, R), (0x2000, 512, W), (0x3000, 1, W)]);
         queue_evt.write(1).unwrap();
         assert!(wait_for_interrupt(&irq), "no interrupt within 10 s after a reset");
-        assert_eq!(driver.used(0), (1, 0, 513));
+        assert_eq!(driver.used(), [(0, 513)]);
         assert_eq!(BlockMetrics::get(&blk.metrics().reads), 2);
     }
 

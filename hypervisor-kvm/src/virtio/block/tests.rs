@@ -8,15 +8,16 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::disk::Disk;
 use super::metrics::BlockMetrics;
 use super::queue::{process_queue, Processed};
+pub(super) use crate::virtio::test_driver::Driver;
+use crate::virtio::test_driver::QSIZE;
 use crate::pio::RateLimit;
 
 pub(super) const MEM_SIZE: u64 = 0x10_0000;
-const QSIZE: u16 = 16;
 const HDR: u64 = 0x1000;
 const DATA: u64 = 0x2000;
 const STATUS: u64 = 0x9000;
@@ -38,85 +39,12 @@ pub(super) fn image(sectors: u64) -> NamedTempFile {
     f
 }
 
-/// The driver side of a split queue, chains added one after the other in the descriptor
-/// table. (`virtio_queue::mock::MockSplitQueue` places its used ring over the end of its
-/// available ring, which breaks `used_event` and queues of more than a few chains.)
-pub(super) struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    next: u16,
-}
-
-/// Descriptor table, available ring and used ring addresses.
-pub(super) const DESC_TABLE: u64 = 0;
-pub(super) const AVAIL: u64 = 0x100;
-pub(super) const USED: u64 = 0x200;
-
-impl<'a> Driver<'a> {
-    pub fn new(mem: &'a GuestMemoryMmap) -> Self {
-        for addr in [AVAIL, USED] {
-            mem.write_slice(&[0; 0x100], GuestAddress(addr)).unwrap();
-        }
-        Self { mem, next: 0 }
-    }
-
-    pub fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
-        assert!(q.is_valid(self.mem));
-        q
-    }
-
-    /// Stores `descs` from table index `first` and makes `first` available.
-    pub fn add_raw(&mut self, first: u16, descs: &[Descriptor]) {
-        for (i, desc) in descs.iter().enumerate() {
-            let addr = DESC_TABLE + 16 * (u64::from(first) + i as u64);
-            self.mem.write_obj(RawDescriptor::from(*desc), GuestAddress(addr)).unwrap();
-        }
-        let idx = self.mem.read_obj::<u16>(GuestAddress(AVAIL + 2)).unwrap();
-        let slot = AVAIL + 4 + 2 * u64::from(idx % QSIZE);
-        self.mem.write_obj(first, GuestAddress(slot)).unwrap();
-        self.mem.write_obj(idx.wrapping_add(1), GuestAddress(AVAIL + 2)).unwrap();
-    }
-
-    /// Adds a chain of `(address, length, device-writable)` buffers.
-    pub fn add(&mut self, bufs: &[(u64, u32, bool)]) {
-        let first = self.next;
-        let descs: Vec<Descriptor> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, writable))| {
-                let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
-                if i + 1 < bufs.len() {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                Descriptor::new(addr, len, flags as u16, first + i as u16 + 1)
-            })
-            .collect();
-        self.add_raw(first, &descs);
-        self.next += bufs.len() as u16;
-    }
-
-    /// Writes a request header at `addr`.
-    pub fn header(&self, addr: u64, kind: u32, sector: u64) {
-        let mut h = [0u8; 16];
-        h[..4].copy_from_slice(&kind.to_le_bytes());
-        h[8..].copy_from_slice(&sector.to_le_bytes());
-        self.mem.write_slice(&h, GuestAddress(addr)).unwrap();
-    }
-
-    /// The used ring's index and its entry `i` (descriptor head, length).
-    pub fn used(&self, i: u16) -> (u16, u32, u32) {
-        let base = GuestAddress(USED);
-        let idx = self.mem.read_obj::<u16>(base.unchecked_add(2)).unwrap();
-        let entry = base.unchecked_add(4 + 8 * u64::from(i));
-        let id = self.mem.read_obj::<u32>(entry).unwrap();
-        let len = self.mem.read_obj::<u32>(entry.unchecked_add(4)).unwrap();
-        (idx, id, len)
-    }
+/// Writes a request header (type, sector) at `addr`.
+pub(super) fn header(mem: &GuestMemoryMmap, addr: u64, kind: u32, sector: u64) {
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(addr)).unwrap();
 }
 
 struct Backend {
@@ -160,14 +88,14 @@ fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
 fn one(be: &mut Backend, mem: &GuestMemoryMmap, kind: u32, sector: u64, bufs: &[(u64, u32, bool)]) -> (u32, u32) {
     mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     let mut d = Driver::new(mem);
-    d.header(HDR, kind, sector);
+    header(mem, HDR, kind, sector);
     d.add(bufs);
-    let mut q = d.queue();
+    let mut q = d.queue(false);
     let done = be.process(mem, &mut q);
     assert_eq!(done, Processed { notify: true, more: false });
-    let (idx, id, len) = d.used(0);
-    assert_eq!((idx, id), (1, 0), "one chain returned");
-    (status(mem, STATUS), len)
+    let used = d.used();
+    assert_eq!((used.len(), used[0].0), (1, 0), "one chain returned");
+    (status(mem, STATUS), used[0].1)
 }
 
 #[test]
@@ -205,17 +133,16 @@ fn header_and_data_in_one_descriptor_and_a_split_header() {
     let mut be = Backend::new(4, false);
     // Header and 512 bytes of data in one 528-byte readable buffer.
     let mut d = Driver::new(&mem);
-    d.header(HDR, VIRTIO_BLK_T_OUT, 1);
+    header(&mem, HDR, VIRTIO_BLK_T_OUT, 1);
     mem.write_slice(&[0x5a; 512], GuestAddress(HDR + 16)).unwrap();
     d.add(&[(HDR, 528, R), (STATUS, 1, W)]);
     // Header split 8 + 8 over two descriptors; data and status in one writable buffer.
     let hdr2 = 0x1800;
-    d.header(hdr2, VIRTIO_BLK_T_IN, 1);
+    header(&mem, hdr2, VIRTIO_BLK_T_IN, 1);
     d.add(&[(hdr2, 8, R), (hdr2 + 8, 8, R), (DATA, 513, W)]);
-    let mut q = d.queue();
+    let mut q = d.queue(false);
     assert!(be.process(&mem, &mut q).notify);
-    assert_eq!(d.used(0), (2, 0, 1));
-    assert_eq!(d.used(1), (2, 2, 513));
+    assert_eq!(d.used(), [(0, 1), (2, 513)]);
     assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_OK);
     assert_eq!(read(&mem, DATA, 512), vec![0x5a; 512]);
     assert_eq!(status(&mem, DATA + 512), VIRTIO_BLK_S_OK);
@@ -404,11 +331,11 @@ fn buffers_outside_guest_memory() {
     // A descriptor whose `next` points outside the table: the chain ends there, without a
     // status byte.
     let mut d = Driver::new(&mem);
-    d.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
-    d.add_raw(0, &[Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 200)]);
-    let mut q = d.queue();
+    header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
+    d.add_raw(0, &[RawDescriptor::from(Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 200))]);
+    let mut q = d.queue(false);
     assert!(be.process(&mem, &mut q).notify);
-    assert_eq!(d.used(0), (1, 0, 0));
+    assert_eq!(d.used(), [(0, 0)]);
 }
 
 #[test]
@@ -416,19 +343,19 @@ fn looping_chain_ends() {
     let mem = memory();
     let mut be = Backend::new(4, false);
     let mut d = Driver::new(&mem);
-    d.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     // 0 -> 1 -> 0 -> ...: the chain iterator stops after QSIZE descriptors.
     d.add_raw(
         0,
         &[
-            Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1),
-            Descriptor::new(STATUS, 1, (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16, 0),
+            RawDescriptor::from(Descriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1)),
+            RawDescriptor::from(Descriptor::new(STATUS, 1, (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16, 0)),
         ],
     );
-    let mut q = d.queue();
+    let mut q = d.queue(false);
     assert!(be.process(&mem, &mut q).notify);
     // Readable descriptors after writable ones: refused, with the status written.
-    assert_eq!(d.used(0), (1, 0, 1));
+    assert_eq!(d.used(), [(0, 1)]);
     assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_IOERR);
 }
 
@@ -437,20 +364,22 @@ fn several_chains_and_a_broken_available_index() {
     let mem = memory();
     let mut be = Backend::new(4, false);
     let mut d = Driver::new(&mem);
-    d.header(HDR, VIRTIO_BLK_T_IN, 1);
+    header(&mem, HDR, VIRTIO_BLK_T_IN, 1);
     for i in 0..5u64 {
         d.add(&[(HDR, 16, R), (DATA + i * 0x400, 512, W), (STATUS + i, 1, W)]);
     }
-    let mut q = d.queue();
+    let mut q = d.queue(false);
     assert_eq!(be.process(&mem, &mut q), Processed { notify: true, more: false });
+    let used = d.used();
+    assert_eq!(used.len(), 5);
     for i in 0..5u16 {
-        assert_eq!(d.used(i), (5, u32::from(i) * 3, 513));
+        assert_eq!(used[usize::from(i)], (u32::from(i) * 3, 513));
         assert_eq!(status(&mem, STATUS + u64::from(i)), VIRTIO_BLK_S_OK);
     }
     // Nothing new: nothing to do, no interrupt.
     assert_eq!(be.process(&mem, &mut q), Processed::default());
     // The driver claims more chains than the queue holds.
-    mem.write_obj(100u16, GuestAddress(AVAIL + 2)).unwrap();
+    mem.write_obj(100u16, GuestAddress(d.addrs()[1] + 2)).unwrap();
     assert_eq!(be.process(&mem, &mut q), Processed::default());
     assert_eq!(count(&be.metrics.queue_errors), 1);
     assert_eq!(count(&be.metrics.requests), 5);
@@ -461,20 +390,19 @@ fn event_idx_suppresses_interrupts() {
     let mem = memory();
     let mut be = Backend::new(4, false);
     let mut d = Driver::new(&mem);
-    d.header(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     d.add(&[(HDR, 16, R), (STATUS, 1, W)]);
     d.add(&[(HDR, 16, R), (STATUS, 1, W)]);
-    let mut q = d.queue();
+    let mut q = d.queue(false);
     q.set_event_idx(true);
     // used_event (after the available ring) = 5: the driver wants an interrupt only once
     // the sixth chain is used.
-    let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(QSIZE));
-    mem.write_obj(5u16, used_event).unwrap();
+    d.set_used_event(5);
     assert_eq!(be.process(&mem, &mut q), Processed { notify: false, more: false });
-    assert_eq!(d.used(1).0, 2);
+    assert_eq!(d.used().len(), 2);
     // The device published avail_event = its next available index.
-    assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 4 + 8 * u64::from(QSIZE))).unwrap(), 2);
-    mem.write_obj(2u16, used_event).unwrap();
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(d.addrs()[2] + 4 + 8 * u64::from(QSIZE))).unwrap(), 2);
+    d.set_used_event(2);
     d.add(&[(HDR, 16, R), (STATUS, 1, W)]);
     assert_eq!(be.process(&mem, &mut q), Processed { notify: true, more: false });
 }
