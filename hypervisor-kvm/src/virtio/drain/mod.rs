@@ -77,12 +77,9 @@ pub fn drain<'m>(
             }
         }
     }
-    if done.used > 0 {
-        done.signal = queue.needs_notification(mem).unwrap_or_else(|e| {
-            ring_error("reading the driver's interrupt suppression", &e);
-            true
-        });
-    }
+    done.signal = signal_or(mem, queue, done.used > 0, |e| {
+        ring_error("reading the driver's interrupt suppression", e)
+    });
     done
 }
 
@@ -90,7 +87,20 @@ pub fn drain<'m>(
 /// since the last interrupt. An error reading the driver's suppression errs on the side of
 /// interrupting: a spurious interrupt costs the guest a look, a missing one hangs it.
 pub fn signal(mem: &GuestMemoryMmap, queue: &mut Queue, used: bool) -> bool {
-    used && queue.needs_notification(mem).unwrap_or(true)
+    signal_or(mem, queue, used, |_| {})
+}
+
+/// [`signal`], telling `ring_error` of an error reading the driver's suppression.
+pub fn signal_or(
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    used: bool,
+    ring_error: impl FnOnce(&virtio_queue::Error),
+) -> bool {
+    used && queue.needs_notification(mem).unwrap_or_else(|e| {
+        ring_error(&e);
+        true
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::metrics::NetMetrics;
-use crate::virtio::drain::drain;
+use crate::virtio::drain::{drain, signal_or};
 use crate::pio::RateLimit;
 
 /// Size of `virtio_net_hdr_v1` (with `num_buffers`), in front of every frame.
@@ -84,15 +84,6 @@ type Chain<'m> = DescriptorChain<&'m GuestMemoryMmap>;
 /// runs more than a queue size ahead, a ring outside memory).
 fn pop<'m>(queue: &mut Queue, mem: &'m GuestMemoryMmap) -> Result<Option<Chain<'m>>, virtio_queue::Error> {
     Ok(queue.iter(mem)?.next())
-}
-
-/// Whether the driver wants an interrupt for the chains completed since the last call (an
-/// error reading the ring errs on the side of signalling).
-fn needs_signal(queue: &mut Queue, mem: &GuestMemoryMmap, metrics: &NetMetrics) -> bool {
-    queue.needs_notification(mem).unwrap_or_else(|_| {
-        NetMetrics::inc(&metrics.queue_errors);
-        true
-    })
 }
 
 /// What one [`Tx::process`] call did.
@@ -362,7 +353,7 @@ impl Rx {
                 }
             }
         };
-        RxProgress { signal: used && needs_signal(queue, mem, metrics), stop }
+        RxProgress { signal: signal_or(mem, queue, used, |_| NetMetrics::inc(&metrics.queue_errors)), stop }
     }
 
     fn check_frame(&self, n: usize) -> Result<(), &'static str> {
