@@ -38,3 +38,14 @@ pub fn image_or_skip() -> Option<GuestImage> {
     }
     image
 }
+
+/// A child process (a vmm, a virtiofsd) killed and reaped when dropped, so a failing test
+/// leaves nothing running.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

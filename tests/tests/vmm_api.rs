@@ -4,24 +4,14 @@
 //! nested-test`); the test name carries `kvm` for that tier's filter.
 
 use hypervisor_kvm::api::client::{request, ClientError};
-use integration_tests::kvm;
+use integration_tests::kvm::{self, Killed};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Bounds every wait, so a broken vmm fails the test instead of hanging it.
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// The vmm, killed when dropped.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn call(api: &Path, op: &str) -> Result<Value, ClientError> {
     request(api, op, Duration::from_secs(10))
@@ -45,7 +35,7 @@ fn kvm_api_runs_pauses_stops_and_shuts_down_a_real_vm() {
     let Some(image) = kvm::image_or_skip() else { return };
     let dir = integration_tests::private_dir();
     let (api, console, log) = (dir.path().join("api.sock"), dir.path().join("console.log"), dir.path().join("vmm.log"));
-    let mut vmm = Vmm(
+    let mut vmm = Killed(
         Command::new(kvm::vmm_binary())
             .arg("--kernel")
             .arg(&image.vmlinux)

@@ -7,24 +7,15 @@
 
 use integration_tests::agent::{cref, create, spawn_reader, wait};
 use integration_tests::host_agent::busybox_tree;
-use integration_tests::{kvm, oci};
+use integration_tests::kvm::{self, Killed};
+use integration_tests::oci;
 use runtime_core::agent::{AgentClient, Dialer, YamuxSession};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// QEMU 7.2's virtiofsd (Debian package qemu-system-common).
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
-
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn wait_for(path: &Path, what: &str) {
     for _ in 0..500 {
