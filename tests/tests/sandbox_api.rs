@@ -40,6 +40,7 @@ on_both_hypervisors!(
     two_processes_operate_on_one_sandbox_at_once,
     monitor_reports_a_vm_killed_with_sigkill,
     monitor_reports_an_agent_that_stops_answering,
+    a_vm_that_dies_while_booting_fails_create_at_once,
 );
 use storage_fs as _;
 
@@ -286,6 +287,28 @@ async fn two_processes_operate_on_one_sandbox_at_once(hv: Hypervisor) {
     drop(io);
     t.runtime.delete_sandbox("shared").await.expect("DeleteSandbox");
     t.assert_nothing_left("shared");
+}
+
+/// A guest whose initramfs is garbage panics early ("No working init found" or "Unable to
+/// mount root fs"); with `panic=-1` it resets, which ends QEMU (`-no-reboot`) and the vmm.
+/// CreateSandbox must say the VM died, with the console, instead of waiting for an agent that
+/// will never answer until the boot timeout (300 s here).
+async fn a_vm_that_dies_while_booting_fails_create_at_once(hv: Hypervisor) {
+    let Some(image) = hv.image_or_skip() else { return };
+    let dir = integration_tests::private_dir();
+    let garbage = dir.path().join("garbage-initramfs.img");
+    std::fs::write(&garbage, vec![0x5a; 4096]).expect("writing a garbage initramfs");
+    let broken = integration_tests::qemu::GuestImage { initramfs: garbage, ..image.clone() };
+    let t = TestRuntime::on(&broken, hv);
+    match t.runtime.create_sandbox(sandbox("dying", &broken, vec![])).await {
+        Err(SandboxError::BootDied { vm_status, console, .. }) => {
+            assert_eq!(vm_status, "dead");
+            assert!(console.contains("Kernel panic"), "the console shows why: {console}");
+        }
+        Err(other) => panic!("expected BootDied, got {other}"),
+        Ok(_) => panic!("a guest without an init booted"),
+    }
+    t.assert_nothing_left("dying");
 }
 
 async fn monitor_reports_a_vm_killed_with_sigkill(hv: Hypervisor) {

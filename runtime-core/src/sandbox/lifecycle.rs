@@ -86,12 +86,18 @@ async fn boot(sb: &Sandbox, record: &mut SandboxRecord) -> Result<(), SandboxErr
     record.vm.agent_endpoint = sb.hv("query", move |h| h.agent_endpoint(&blob)).await?;
     sb.commit(record).await?;
     let timeout = Duration::from_secs(sb.rt.config.runtime.boot_timeout_s);
-    let agent = sb.agent_within(record, timeout, None).await.map_err(|e| match e {
-        SandboxError::Agent { sandbox, source } => {
-            SandboxError::Boot { sandbox, console: console_tail(&record.vm.config.console_log), source }
+    // A VM whose process ends while it boots will never answer: fail then, not at the timeout.
+    let agent = tokio::select! {
+        agent = sb.agent_within(record, timeout, None) => agent.map_err(|e| match e {
+            SandboxError::Agent { sandbox, source } => {
+                SandboxError::Boot { sandbox, console: console_tail(&record.vm.config.console_log), source }
+            }
+            other => other,
+        })?,
+        vm_status = vm_died(&sb.rt, record) => {
+            return Err(SandboxError::BootDied { sandbox: sb.id.clone(), vm_status, console: console_tail(&record.vm.config.console_log) });
         }
-        other => other,
-    })?;
+    };
     tracing::info!(sandbox = %sb.id, boot = record.vm.boot, "agent ready");
     set_guest_time(sb, &agent).await?;
     record.containers.clear();
@@ -137,6 +143,20 @@ pub(crate) async fn create_in_guest(
 }
 
 /// The last lines of a console log.
+/// How often a booting VM is checked for having died.
+const BOOT_WATCH: Duration = Duration::from_secs(1);
+
+/// Resolves with the VM status once the hypervisor plugin says the record's VM is `dead`.
+async fn vm_died(rt: &Inner, record: &SandboxRecord) -> String {
+    loop {
+        tokio::time::sleep(BOOT_WATCH).await;
+        let status = super::status::vm_status(rt, record).await;
+        if status == "dead" {
+            return status;
+        }
+    }
+}
+
 pub(crate) fn console_tail(path: &Option<std::path::PathBuf>) -> String {
     let Some(text) = path.as_ref().and_then(|p| std::fs::read(p).ok()) else {
         return "(no console log)".into();

@@ -120,6 +120,16 @@ pub enum SandboxError {
         #[source]
         source: AgentError,
     },
+    /// The VM's process ended while it booted, before its agent answered.
+    #[error("the VM of sandbox {sandbox} died while booting (VM status {vm_status}); the console ends with:\n{console}")]
+    BootDied {
+        /// The sandbox.
+        sandbox: String,
+        /// What the hypervisor plugin said of the VM.
+        vm_status: String,
+        /// The last lines of the VM's console.
+        console: String,
+    },
     /// Every agent channel is held by another process.
     #[error("all {count} agent channels of sandbox {sandbox} are held by other processes")]
     AgentBusy {
