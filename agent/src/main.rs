@@ -26,16 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{error, info};
 
 /// An error and its causes on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use error_report::chain as error_chain;
 
 struct Options {
     channels: Vec<Channel>,

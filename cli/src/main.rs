@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 // Link the built-in plugins so that their static registrations are part of this binary.
+use hypervisor_kvm as _;
 use hypervisor_qemu as _;
 use storage_fs as _;
 use storage_leveldb as _;

@@ -1,29 +1,22 @@
-//! The guest physical address map and interrupt numbers.
-//!
-//! | range | what |
-//! |---|---|
-//! | 0 .. 0x9fc00 | low RAM (GDT 0x500, PVH start info 0x6000, memory map 0x7000, cmdline 0x20000) |
-//! | 0xe0000 .. 0x100000 | ACPI tables (RSDP first), not RAM |
-//! | 1 MiB .. RAM end (at most 3 GiB) | RAM: kernel at 1 MiB, initrd at the top |
-//! | 0xd000_0000 + n * 4 KiB | virtio-mmio device n |
-//! | 0xfec0_0000 | IOAPIC (in-kernel) |
-//! | 0xfee0_0000 | local APICs (in-kernel) |
+//! The VM directory of the kvm plugin: `<run_dir>/<sandbox_id>/`, mode 0700.
 
-/// Where the ACPI tables start (the RSDP).
-pub const ACPI_START: u64 = 0xe_0000;
-/// End of the ACPI area (exclusive).
-pub const ACPI_END: u64 = 0x10_0000;
-/// First virtio-mmio device window.
-pub const MMIO_BASE: u64 = 0xd000_0000;
-/// The IOAPIC's MMIO address.
-pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
-/// The local APICs' MMIO address.
-pub const LAPIC_ADDR: u32 = 0xfee0_0000;
-/// Pins of KVM's in-kernel IOAPIC.
-pub const IOAPIC_PINS: u32 = 24;
-/// GSI of the first virtio device (0-4 are the timer, keyboard, cascade and COM1).
-pub const FIRST_DEVICE_GSI: u32 = 5;
-/// Most virtio devices one VM can have (one GSI each, up to IOAPIC pin 23).
-pub const MAX_DEVICES: usize = (IOAPIC_PINS - FIRST_DEVICE_GSI) as usize;
-/// Most vCPUs one VM can have.
-pub const MAX_VCPUS: u8 = 32;
+use hypervisor_framework::dir::Layout;
+
+/// The hybrid-vsock socket in the VM directory.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The vmm's stderr (and stdout) in the VM directory.
+pub const LOG: &str = "vmm.log";
+
+/// The files in a VM's directory: `vmm.pid`, `api.sock`, [`VSOCK_SOCKET`], the agent ports'
+/// sockets and [`LOG`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvmLayout;
+
+impl Layout for KvmLayout {
+    const PIDFILE: &'static str = "vmm.pid";
+    const CONTROL_SOCKET: &'static str = "api.sock";
+    const OTHER_SOCKETS: &'static [&'static str] = &[VSOCK_SOCKET];
+}
+
+/// A VM's directory.
+pub type VmDir = hypervisor_framework::dir::VmDir<KvmLayout>;

@@ -6,10 +6,10 @@ use crate::qemu::{guest_image, GuestImage};
 use std::path::PathBuf;
 
 /// Whether `/dev/kvm` can run a standard Linux guest (the vmm's own check,
-/// [`hypervisor_kvm::host::check`]). This host's `/dev/kvm` (kvm_pvm) cannot
+/// [`vmm::host::check`]). This host's `/dev/kvm` (kvm_pvm) cannot
 /// (MACHINE-FACTS.md).
 pub fn hardware_kvm() -> bool {
-    hypervisor_kvm::host::check().is_ok()
+    vmm::host::check().is_ok()
 }
 
 /// The `vmm` binary of this build.
@@ -29,7 +29,7 @@ pub fn image_or_skip() -> Option<GuestImage> {
     if crate::skip_unless(crate::is_root(), "the VM's network is a tap the vmm creates, which needs root") {
         return None;
     }
-    if crate::skip_unless(vmm_binary().exists(), "the vmm binary is not built: cargo build -p hypervisor-kvm") {
+    if crate::skip_unless(vmm_binary().exists(), "the vmm binary is not built: cargo build -p vmm") {
         return None;
     }
     let image = guest_image();

@@ -110,7 +110,7 @@ impl TestRuntime {
             }
             Hypervisor::Kvm => {
                 let socket = self.vm_dir(id).join("api.sock");
-                hypervisor_kvm::api::client::request(&socket, "pause", std::time::Duration::from_secs(10)).expect("vmm API pause");
+                vmm_api::Client::new(socket, std::time::Duration::from_secs(10)).run_state(vmm_api::Request::Pause).expect("vmm API pause");
             }
         }
     }

@@ -3,9 +3,8 @@
 //! Needs a `/dev/kvm` that boots Linux, so here it runs in the nested L1 (`cargo xtask
 //! nested-test`); the test name carries `kvm` for that tier's filter.
 
-use hypervisor_kvm::api::client::{request, ClientError};
 use integration_tests::kvm::{self, Killed};
-use serde_json::Value;
+use vmm_api::{Client, ClientError, Request, RunState};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,13 +12,17 @@ use std::time::{Duration, Instant};
 /// Bounds every wait, so a broken vmm fails the test instead of hanging it.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn call(api: &Path, op: &str) -> Result<Value, ClientError> {
-    request(api, op, Duration::from_secs(10))
+fn client(api: &Path) -> Client {
+    Client::new(api, Duration::from_secs(10))
 }
 
-fn state(api: &Path, op: &str) -> String {
-    let answer = call(api, op).unwrap_or_else(|e| panic!("{op}: {e}"));
-    answer["state"].as_str().unwrap_or_default().to_owned()
+/// The state after `op`: the answer of a run-state request, or `state`'s report.
+fn state(api: &Path, op: Request) -> RunState {
+    let answer = match op {
+        Request::State => client(api).info().map(|info| info.state),
+        _ => client(api).run_state(op),
+    };
+    answer.unwrap_or_else(|e| panic!("{op}: {e}"))
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -53,27 +56,29 @@ fn kvm_api_runs_pauses_stops_and_shuts_down_a_real_vm() {
             .expect("spawning the vmm"),
     );
     wait_until("the API socket appears", || api.exists());
-    assert_eq!(state(&api, "state"), "created");
+    assert_eq!(state(&api, Request::State), RunState::Created);
     let console_len = || std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
     assert_eq!(console_len(), 0, "a created VM's guest has not run");
 
-    assert_eq!(state(&api, "start"), "running");
+    assert_eq!(state(&api, Request::Start), RunState::Running);
     wait_until("the kernel writes to the console", || console_len() > 0);
-    assert_eq!(state(&api, "pause"), "paused");
-    assert_eq!(state(&api, "resume"), "running");
-    let devices = call(&api, "devices").expect("devices");
-    assert_eq!(devices["devices"], serde_json::json!([]), "no --disk, --net, ...: no virtio device");
+    assert_eq!(state(&api, Request::Pause), RunState::Paused);
+    assert_eq!(state(&api, Request::Resume), RunState::Running);
+    let info = client(&api).info().expect("state");
+    assert_eq!((info.vcpus, info.memory_mib, info.pid), (2, 256, vmm.0.id()));
+    let devices = client(&api).devices().expect("devices");
+    assert!(devices.is_empty(), "no --disk, --net, ...: no virtio device: {devices:?}");
 
-    assert_eq!(state(&api, "stop"), "stopped");
-    for refused in ["resume", "start", "pause"] {
-        match call(&api, refused) {
+    assert_eq!(state(&api, Request::Stop), RunState::Stopped);
+    for refused in [Request::Resume, Request::Start, Request::Pause] {
+        match client(&api).run_state(refused) {
             Err(ClientError::Refused { message, .. }) => assert!(message.contains("the VM is stopped"), "{refused}: {message}"),
             other => panic!("{refused} on a stopped VM: {other:?}"),
         }
     }
-    assert_eq!(state(&api, "state"), "stopped");
+    assert_eq!(state(&api, Request::State), RunState::Stopped);
 
-    assert_eq!(state(&api, "shutdown"), "stopping");
+    assert_eq!(state(&api, Request::Shutdown), RunState::Stopping);
     let mut status = None;
     wait_until("the vmm exits after shutdown", || {
         status = vmm.0.try_wait().expect("waiting for the vmm");

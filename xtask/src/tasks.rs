@@ -38,13 +38,13 @@ fn build_plugins(release: bool) -> Result<()> {
 
 /// What the nested tier runs besides the test binaries: the vmm and the plugin libraries.
 pub fn build_for_nested() -> Result<()> {
-    run(cargo().args(["build", "-p", "hypervisor-kvm", "--bins"]))?;
+    run(cargo().args(["build", "-p", "vmm", "--bins"]))?;
     build_plugins(false)
 }
 
 /// The release vmm, for the benchmarks.
 pub fn build_vmm_release() -> Result<()> {
-    run(cargo().args(["build", "--release", "-p", "hypervisor-kvm", "--bin", "vmm"]))
+    run(cargo().args(["build", "--release", "-p", "vmm", "--bin", "vmm"]))
 }
 
 /// `cargo xtask guest`: builds the guest image, or finds it up to date.

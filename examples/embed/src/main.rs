@@ -24,13 +24,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 async fn main() {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::WARN).init();
     if let Err(e) = run().await {
-        let mut line = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            line.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        eprintln!("error: {line}");
+        eprintln!("error: {}", runtime_core::plugins::error_chain(&*e));
         std::process::exit(1);
     }
 }

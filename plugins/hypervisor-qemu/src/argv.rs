@@ -4,10 +4,10 @@ use crate::accel::Accel;
 use crate::config::Network;
 use crate::spec::VmSpec;
 use std::path::Path;
-pub use vm_process::agent::{agent_channels, AGENT_VSOCK_PORT};
-pub use vm_process::dir::MAX_SOCKET_PATH;
-use vm_process::argv::Argv;
-use vm_process::dir::Layout;
+pub use hypervisor_framework::agent::{agent_channels, AGENT_VSOCK_PORT};
+pub use hypervisor_framework::dir::MAX_SOCKET_PATH;
+use hypervisor_framework::argv::Argv;
+use hypervisor_framework::dir::Layout;
 /// The prefix of the vsock device argument, followed by the CID.
 const VSOCK_DEVICE: &str = "vhost-vsock-pci,guest-cid=";
 
@@ -26,7 +26,7 @@ impl Layout for QemuLayout {
 }
 
 /// A VM's directory.
-pub type VmDir = vm_process::dir::VmDir<QemuLayout>;
+pub type VmDir = hypervisor_framework::dir::VmDir<QemuLayout>;
 
 /// What the command line is built from.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     argv.push(&["-smp", &s.vcpus.to_string(), "-m", &s.memory_mib.to_string()]);
     argv.path("-kernel", &s.kernel);
     argv.opt_path("-initrd", s.initrd.as_deref());
-    let append = vm_process::agent::kernel_cmdline(a.agent_ports, a.vsock_cid.is_some(), "", &s.kernel_params);
+    let append = hypervisor_framework::agent::kernel_cmdline(a.agent_ports, a.vsock_cid.is_some(), "", &s.kernel_params);
     argv.push(&["-append", &append]);
     argv.push(&["-display", "none", "-nodefaults", "-no-reboot", "-no-user-config", "-monitor", "none"]);
     let serial = match &s.console_log {
@@ -73,7 +73,7 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     for n in 0..a.agent_ports {
         let chardev = format!("socket,id=agent{n},path={},server=on,wait=off", a.dir.agent_socket(n).display());
         argv.push(&["-chardev", &chardev]);
-        argv.push(&["-device", &format!("virtserialport,chardev=agent{n},name={}", vm_process::agent::port_name(n))]);
+        argv.push(&["-device", &format!("virtserialport,chardev=agent{n},name={}", hypervisor_framework::agent::port_name(n))]);
     }
     for (i, d) in s.disks.iter().enumerate() {
         let readonly = if d.read_only { "on" } else { "off" };

@@ -2,15 +2,15 @@
 
 use serde::Deserialize;
 use std::path::PathBuf;
-pub use vm_process::config::ConfigError;
-use vm_process::config::ConfigCheck;
+pub use hypervisor_framework::config::PluginConfigError;
+use hypervisor_framework::config::ConfigCheck;
 
 /// The QEMU binary used when the config names none.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// Where VM directories go by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/sandbox-runtime/qemu";
 /// The most virtio-serial agent ports a VM may have.
-pub const MAX_AGENT_PORTS: u32 = vm_process::agent::MAX_AGENT_PORTS;
+pub const MAX_AGENT_PORTS: u32 = hypervisor_framework::agent::MAX_AGENT_PORTS;
 /// Checks this config; its errors start with `hypervisor-qemu config`.
 const CHECK: ConfigCheck = ConfigCheck("hypervisor-qemu config");
 
@@ -77,7 +77,7 @@ impl Default for QemuConfig {
 impl QemuConfig {
     /// Parses and checks the config. Empty input and `null` mean all defaults. A relative
     /// `run_dir` is made absolute against the current directory (QEMU runs from `/`).
-    pub fn parse(bytes: &[u8]) -> Result<QemuConfig, ConfigError> {
+    pub fn parse(bytes: &[u8]) -> Result<QemuConfig, PluginConfigError> {
         let mut config: QemuConfig = CHECK.parse(bytes)?;
         CHECK.program("qemu", &config.qemu)?;
         CHECK.agent_ports(config.agent_ports)?;
@@ -119,37 +119,37 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = QemuConfig::parse(br#"{"acel": "tcg"}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"acel": "tcg"}"#).unwrap_err());
         assert!(e.contains("unknown field `acel`"), "{e}");
     }
 
     #[test]
     fn bad_accel_and_network() {
-        let e = QemuConfig::parse(br#"{"accel": "hvf"}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"accel": "hvf"}"#).unwrap_err());
         assert!(e.contains("hvf") && e.contains("auto"), "{e}");
-        let e = QemuConfig::parse(br#"{"network": "tap"}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"network": "tap"}"#).unwrap_err());
         assert!(e.contains("tap"), "{e}");
     }
 
     #[test]
     fn ports_out_of_range() {
         for n in [0, 9, 100] {
-            let e = QemuConfig::parse(format!(r#"{{"agent_ports": {n}}}"#).as_bytes()).unwrap_err().to_string();
+            let e = error_report::chain(&QemuConfig::parse(format!(r#"{{"agent_ports": {n}}}"#).as_bytes()).unwrap_err());
             assert!(e.contains(&format!("agent_ports = {n}")) && e.contains("1 to 8"), "{e}");
         }
-        let e = QemuConfig::parse(br#"{"agent_ports": -1}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"agent_ports": -1}"#).unwrap_err());
         assert!(e.contains("-1"), "{e}");
     }
 
     #[test]
     fn other_bad_values() {
-        let e = QemuConfig::parse(br#"{"machine": "pc -snapshot"}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"machine": "pc -snapshot"}"#).unwrap_err());
         assert!(e.contains("machine"), "{e}");
-        let e = QemuConfig::parse(br#"{"run_dir": "/tmp/a,b"}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"run_dir": "/tmp/a,b"}"#).unwrap_err());
         assert!(e.contains("run_dir") && e.contains("a,b"), "{e}");
-        let e = QemuConfig::parse(br#"{"stop_timeout_ms": 0}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"stop_timeout_ms": 0}"#).unwrap_err());
         assert!(e.contains("stop_timeout_ms = 0"), "{e}");
-        let e = QemuConfig::parse(br#"{"qemu": ""}"#).unwrap_err().to_string();
+        let e = error_report::chain(&QemuConfig::parse(br#"{"qemu": ""}"#).unwrap_err());
         assert!(e.contains("qemu"), "{e}");
         assert!(QemuConfig::parse(b"[1]").is_err());
     }

@@ -1,4 +1,4 @@
-//! This plugin's hooks into the shared VM operations ([`vm_process::ops`]): QMP, the QEMU of a
+//! This plugin's hooks into the shared VM operations ([`hypervisor_framework::ops`]): QMP, the QEMU of a
 //! sandbox (the one named `sandbox-<id>`), and running QEMU daemonized, trying other vsock CIDs
 //! while the one it was given is taken.
 
@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tracing::warn;
-use vm_process::control::{Commands, Control};
+use hypervisor_framework::control::{Control, RunRequest};
 
 /// How many vsock CIDs to try when QEMU reports one in use.
 const VSOCK_ATTEMPTS: u32 = 5;
@@ -18,7 +18,6 @@ const MAX_STDERR: usize = 4000;
 
 impl Control for QemuFields {
     const THE_PROGRAM: &'static str = "QEMU";
-    const COMMANDS: Commands = Commands { query: "query-status", pause: "stop", resume: "cont", quit: "quit" };
     type Error = QmpError;
 
     /// `-name sandbox-<id>`.
@@ -55,17 +54,28 @@ impl Control for QemuFields {
         }
     }
 
-    /// Runs the QMP `command` in a session of its own.
-    fn call(state: &VmState, command: &'static str, timeout: Duration) -> Result<Value, QmpError> {
-        let dir = state.vm_dir();
-        qmp::execute(&dir.control_socket(), &dir.file(QMP_LOCK), command, timeout)
+    /// QMP `stop`, `cont` or `quit`.
+    fn request(state: &VmState, request: RunRequest, timeout: Duration) -> Result<(), QmpError> {
+        let command = match request {
+            RunRequest::Pause => "stop",
+            RunRequest::Resume => "cont",
+            RunRequest::Quit => "quit",
+        };
+        execute(state, command, timeout).map(drop)
     }
 
-    /// QMP's `running` (false when paused, but also `suspended`, `io-error`, `guest-panicked`,
-    /// `internal-error`, migration states, `shutdown` on its way out: `cont` is what would
-    /// resume it), or else whether the `status` is `running`.
-    fn running(answer: &Value) -> bool {
+    /// QMP `query-status`: its `running` (false when paused, but also `suspended`, `io-error`,
+    /// `guest-panicked`, `internal-error`, migration states, `shutdown` on its way out: `cont`
+    /// is what would resume it), or else whether the `status` is `running`.
+    fn vcpus_running(state: &VmState, timeout: Duration) -> Result<bool, QmpError> {
+        let answer = execute(state, "query-status", timeout)?;
         let running = answer.get("running").and_then(Value::as_bool);
-        running.unwrap_or_else(|| answer.get("status").and_then(Value::as_str) == Some("running"))
+        Ok(running.unwrap_or_else(|| answer.get("status").and_then(Value::as_str) == Some("running")))
     }
+}
+
+/// Runs the QMP `command` in a session of its own.
+fn execute(state: &VmState, command: &'static str, timeout: Duration) -> Result<Value, QmpError> {
+    let dir = state.vm_dir();
+    qmp::execute(&dir.control_socket(), &dir.file(QMP_LOCK), command, timeout)
 }

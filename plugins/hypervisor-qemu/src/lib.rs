@@ -13,7 +13,7 @@
 //! - `HypervisorConfig.extra` must be `null` or `{}`: this plugin has no per-VM settings.
 //!
 //! Creating a VM is in [`vm`]; starting, stopping, pausing, resuming and the status are
-//! [`vm_process::ops`], over this plugin's hooks in [`control`]. QEMU's command line is in
+//! [`hypervisor_framework::ops`], over this plugin's hooks in [`control`]. QEMU's command line is in
 //! [`argv`]; the QMP client in [`qmp`].
 
 pub mod accel;
@@ -28,15 +28,15 @@ pub mod vm;
 mod vm_tests;
 
 /// QEMU's process: pid + start time, pidfd signals (shared with the other hypervisor plugins).
-pub use vm_process::process;
+pub use hypervisor_framework::process;
 
 use config::QemuConfig;
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
 use plugin_api::{ErrorKind, Plugin, PluginError, PluginKind};
 use state::VmState;
 use std::time::Duration;
-use vm::VmError;
-use vm_process::plugin::{Hypervisor, VmOps};
+use vm::QemuError;
+use hypervisor_framework::plugin::{Hypervisor, VmOps};
 
 /// The `qemu` hypervisor plugin.
 pub struct QemuPlugin;
@@ -59,21 +59,20 @@ pub type QemuHypervisor = Hypervisor<QemuConfig>;
 
 impl VmOps for QemuConfig {
     type Fields = state::QemuFields;
-    type Error = VmError;
-    type ConfigError = config::ConfigError;
+    type Error = QemuError;
 
-    fn parse(config: &[u8]) -> Result<QemuConfig, config::ConfigError> {
+    fn parse(config: &[u8]) -> Result<QemuConfig, config::PluginConfigError> {
         QemuConfig::parse(config)
     }
 
-    fn error_kind(error: &VmError) -> ErrorKind {
+    fn error_kind(error: &QemuError) -> ErrorKind {
         match error {
-            VmError::Op(e) => e.kind(|qmp| match qmp {
+            QemuError::Op(e) => e.kind(|qmp| match qmp {
                 qmp::QmpError::Busy { .. } => ErrorKind::BUSY,
                 _ => ErrorKind::OTHER,
             }),
-            VmError::Accel(_) => ErrorKind::UNSUPPORTED,
-            VmError::QemuMissing(_) => ErrorKind::NOT_FOUND,
+            QemuError::Accel(_) => ErrorKind::UNSUPPORTED,
+            QemuError::QemuMissing(_) => ErrorKind::NOT_FOUND,
         }
     }
 
@@ -81,11 +80,11 @@ impl VmOps for QemuConfig {
         Duration::from_millis(self.stop_timeout_ms)
     }
 
-    fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState, VmError> {
+    fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState, QemuError> {
         vm::create_vm(self, sandbox_id, config)
     }
 
-    fn agent_endpoint(&self, state: &VmState) -> Result<String, VmError> {
+    fn agent_endpoint(&self, state: &VmState) -> Result<String, QemuError> {
         vm::agent_endpoint(state)
     }
 }
@@ -101,7 +100,7 @@ mod tests {
 
     fn config(dir: &std::path::Path) -> HypervisorConfig {
         std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
-        vm_process::testing::config_with_rootfs(dir, dir.join("vmlinuz"))
+        hypervisor_framework::testing::config_with_rootfs(dir, dir.join("vmlinuz"))
     }
 
     #[test]

@@ -9,21 +9,21 @@
 //!
 //! `start_time` is field 22 of `/proc/<pid>/stat` (clock ticks after boot): with the pid it
 //! names one process, so a reused pid is never mistaken for QEMU. The envelope and its checks
-//! are [`vm_process::state`]'s; this plugin adds [`QemuFields`].
+//! are [`hypervisor_framework::state`]'s; this plugin adds [`QemuFields`].
 
 use crate::accel::Accel;
 use crate::argv::QemuLayout;
 use serde::{Deserialize, Serialize};
-use vm_process::blob::Schema;
-use vm_process::state::VmFields;
-pub use vm_process::state::StateError;
-pub use vm_process::Lifecycle;
+use hypervisor_framework::blob::Schema;
+use hypervisor_framework::state::VmFields;
+pub use hypervisor_framework::state::StateError;
+pub use hypervisor_framework::Lifecycle;
 
 /// This plugin's blob schema (`qemu-vm/1`).
 pub const SCHEMA: Schema = Schema { what: "QEMU VM state", prefix: "qemu-vm/", version: 1 };
 
 /// The state blob: the shared envelope around [`QemuFields`].
-pub type VmState = vm_process::state::VmState<QemuFields>;
+pub type VmState = hypervisor_framework::state::VmState<QemuFields>;
 
 /// What this plugin adds to the state blob.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -79,11 +79,11 @@ mod tests {
     }
 
     fn error(blob: serde_json::Value) -> String {
-        vm_process::testing::decode_error::<QemuFields>(&blob)
+        hypervisor_framework::testing::decode_error::<QemuFields>(&blob)
     }
 
     fn error_with(key: &str, value: serde_json::Value) -> String {
-        vm_process::testing::error_with(&state(), key, value)
+        hypervisor_framework::testing::error_with(&state(), key, value)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What is this plugin's own in its VM operations: creating a VM (the accelerator, the VM
 //! directory, QEMU's command line) and its agent endpoints. Starting, stopping, pausing, resuming
-//! and the status are [`vm_process::ops`], over this plugin's hooks ([`crate::control`]).
+//! and the status are [`hypervisor_framework::ops`], over this plugin's hooks ([`crate::control`]).
 
 use crate::accel::{self, AccelError};
 use crate::argv::{self, VmArgs, AGENT_VSOCK_PORT};
@@ -11,12 +11,12 @@ use crate::state::{Lifecycle, QemuFields, VmState};
 use plugin_api::hypervisor::HypervisorConfig;
 use std::path::Path;
 use tracing::{debug, info};
-use vm_process::find_program;
-use vm_process::ops::{self, OpError};
+use hypervisor_framework::find_program;
+use hypervisor_framework::ops::{self, OpError};
 
 /// Why a VM operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub enum QemuError {
     /// A reason every plugin shares (the control channel's errors are [`QmpError`]s).
     #[error(transparent)]
     Op(#[from] OpError<QmpError>),
@@ -29,9 +29,9 @@ pub enum VmError {
 }
 
 /// Creates the VM (its directory and its state); starts nothing.
-pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -> Result<VmState, VmError> {
+pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -> Result<VmState, QemuError> {
     let spec = ops::check_request::<QemuFields>(sandbox_id, hv, &spec::LIMITS)?;
-    let qemu = find_program(&config.qemu).ok_or_else(|| VmError::QemuMissing(config.qemu.clone()))?;
+    let qemu = find_program(&config.qemu).ok_or_else(|| QemuError::QemuMissing(config.qemu.clone()))?;
     let (kvm, cpuinfo) = accel::probe();
     let (accel, why) = accel::decide(config.accel, &kvm, &cpuinfo)?;
     info!(sandbox_id, "{why}");
@@ -54,9 +54,9 @@ pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -
 }
 
 /// The agent's addresses, best first.
-pub fn agent_endpoint(state: &VmState) -> Result<String, VmError> {
+pub fn agent_endpoint(state: &VmState) -> Result<String, QemuError> {
     if state.lifecycle == Lifecycle::Stopped {
-        return Err(VmError::Op(OpError::wrong_state(state, "stopped", "give an agent endpoint")));
+        return Err(QemuError::Op(OpError::wrong_state(state, "stopped", "give an agent endpoint")));
     }
     let dir = state.vm_dir();
     let vsock = state.fields.vsock_cid.map(|cid| format!("vsock:{cid}:{AGENT_VSOCK_PORT}"));

@@ -5,8 +5,8 @@
 use crate::config::QemuConfig;
 use crate::process;
 use crate::state::{Lifecycle, QemuFields, VmState};
-use crate::vm::{self, VmError};
-use vm_process::ops::{self, OpError};
+use crate::vm::{self, QemuError};
+use hypervisor_framework::ops::{self, OpError};
 use plugin_api::hypervisor::HypervisorConfig;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ impl Setup {
     }
 
     fn hv_config(&self) -> HypervisorConfig {
-        vm_process::testing::hypervisor_config(self.tmp.path().join("vmlinuz"))
+        hypervisor_framework::testing::hypervisor_config(self.tmp.path().join("vmlinuz"))
     }
 
     fn create(&self, id: &str) -> VmState {
@@ -78,7 +78,7 @@ echo $! > "$pidfile""#,
     );
     let state = s.create("sb1");
     let e = ops::start_vm(&state).unwrap_err();
-    let text = vm_process::chain(&e);
+    let text = error_report::chain(&e);
     assert!(text.contains("connecting to QMP") && text.contains("qmp.sock"), "{text}");
     let pid: i32 = std::fs::read_to_string(s.dir("sb1").join("qemu.pid")).unwrap().trim().parse().unwrap();
     let stat = process::stat(pid);
@@ -131,7 +131,7 @@ fn a_dir_with_a_live_qemu_is_busy() {
     let mut child = spawn_sh("read line", "sandbox-sb1");
     std::fs::write(s.dir("sb1").join("qemu.pid"), format!("{}\n", child.id())).unwrap();
     let e = vm::create_vm(&s.config, "sb1", &s.hv_config()).unwrap_err();
-    assert!(matches!(e, VmError::Op(OpError::AlreadyRunning { .. })), "{e:?}");
+    assert!(matches!(e, QemuError::Op(OpError::AlreadyRunning { .. })), "{e:?}");
     assert!(e.to_string().contains(&child.id().to_string()));
     // The same live process in the pid file of a VM that was never started: stop ends it.
     let state = VmState::decode(&s.create_blob_for_existing("sb1")).unwrap();

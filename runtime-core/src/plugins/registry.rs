@@ -113,17 +113,8 @@ pub enum RegistryError {
     },
 }
 
-/// Formats an error and its sources on one line: `outer: inner: innermost`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
-}
+/// Formats an error and its sources on one line: `outer: inner: innermost` (each cause once).
+pub use error_report::chain as error_chain;
 
 struct Entry {
     info: PluginInfo,

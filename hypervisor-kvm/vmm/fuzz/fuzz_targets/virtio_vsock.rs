@@ -1,0 +1,7 @@
+//! `cargo fuzz run virtio_vsock`: the harness is `vmm::fuzzing::vsock` (its docs say
+//! what an input holds); the unit tests run it on generated inputs too.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vmm::fuzzing::vsock::run(data));

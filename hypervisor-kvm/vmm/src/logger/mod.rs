@@ -1,0 +1,12 @@
+//! The vmm's logging: `tracing` events to stderr (the plugin sends it to `vmm.log`), and the
+//! rate limiter every guest-triggered log goes through.
+
+mod rate_limit;
+
+pub use rate_limit::RateLimit;
+
+/// Installs the log subscriber: INFO and above, to stderr. Call it after daemonizing (it
+/// starts no thread, but the daemon's stderr is the one to write to).
+pub fn init() {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
+}
