@@ -3,6 +3,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/agent.proto");
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_none() {
+        return Ok(());
+    }
     let fds = protox::compile(["agent.proto"], ["proto"])?;
     tonic_prost_build::configure().build_transport(false).compile_fds(fds)?;
     Ok(())

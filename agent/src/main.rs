@@ -65,12 +65,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             opts.pid1 = true;
             let cmdline = kernel_cmdline();
             let param = |key: &str| cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_owned);
-            let channels = param("agent.channels=").unwrap_or_else(|| {
-                format!("vsock:{},serial:{}", agent_protocol::VSOCK_PORT, agent_protocol::SERIAL_PORT_NAME)
-            });
-            for c in channels.split(',') {
-                opts.channels.push(c.parse().map_err(|e: channels::BadChannel| e.to_string())?);
-            }
+            opts.channels = agent_protocol::channels::from_cmdline(&cmdline).map_err(|e| e.to_string())?;
             if let Some(level) = param("agent.log=") {
                 opts.log = level;
             }

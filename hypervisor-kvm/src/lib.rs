@@ -28,6 +28,7 @@ pub mod vm;
 
 use config::KvmConfig;
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
+use plugin_api::endpoint::AgentEndpoint;
 use plugin_api::{ErrorKind, Plugin, PluginError, PluginKind};
 use state::VmState;
 use std::time::Duration;
@@ -78,7 +79,7 @@ impl VmOps for KvmConfig {
         vm::create_vm(self, sandbox_id, config)
     }
 
-    fn agent_endpoint(&self, state: &VmState) -> Result<String, KvmError> {
+    fn agent_endpoint(&self, state: &VmState) -> Result<Vec<AgentEndpoint>, KvmError> {
         vm::agent_endpoint(state)
     }
 }

@@ -8,6 +8,7 @@ use crate::layout::{VmDir, VSOCK_SOCKET};
 use crate::state::{KvmFields, Lifecycle, VmState};
 use vmm_api::kernel::{kernel_format, KernelFormat};
 use vmm_api::limits::{MAX_DEVICES, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use plugin_api::endpoint::AgentEndpoint;
 use plugin_api::hypervisor::HypervisorConfig;
 use std::path::Path;
 use tracing::debug;
@@ -150,23 +151,13 @@ pub fn create_vm(
 }
 
 /// The agent's addresses, best first: hybrid vsock, then every serial port.
-pub fn agent_endpoint(state: &VmState) -> Result<String, KvmError> {
+pub fn agent_endpoint(state: &VmState) -> Result<Vec<AgentEndpoint>, KvmError> {
     if state.lifecycle == Lifecycle::Stopped {
         let stopped = OpError::wrong_state(state, "stopped", "give an agent endpoint");
         return Err(KvmError::Op(stopped));
     }
     let dir = state.vm_dir();
-    let vsock = state.fields.vsock.then(|| {
-        format!(
-            "hvsock:{}:{AGENT_VSOCK_PORT}",
-            dir.file(VSOCK_SOCKET).display()
-        )
-    });
-    let serial =
-        (0..state.fields.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
-    Ok(vsock
-        .into_iter()
-        .chain(serial)
-        .collect::<Vec<_>>()
-        .join(","))
+    let vsock = state.fields.vsock.then(|| AgentEndpoint::HybridVsock(dir.file(VSOCK_SOCKET), AGENT_VSOCK_PORT));
+    let serial = (0..state.fields.agent_ports).map(|n| AgentEndpoint::Serial(dir.agent_socket(n)));
+    Ok(vsock.into_iter().chain(serial).collect())
 }

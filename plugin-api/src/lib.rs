@@ -24,6 +24,7 @@
 #![allow(non_local_definitions)]
 
 pub mod conformance;
+pub mod endpoint;
 pub mod error;
 pub mod factory;
 pub mod guard;

@@ -165,7 +165,7 @@ fn the_hypervisor_plugins_load_from_their_libraries() {
     let kvm = registry.open_hypervisor("kvm", &json!({"vmm": "true", "run_dir": work.path().join("run"), "agent_ports": 1})).unwrap();
     let kernel = work.path().join("vmlinux");
     std::fs::write(&kernel, b"\x7fELF, enough for the check").unwrap();
-    let config = vm_process::testing::hypervisor_config(kernel);
+    let config = hypervisor_framework::testing::hypervisor_config(kernel);
     let blob = kvm.create_vm("sb1", &config).unwrap();
     assert_eq!(kvm.vm_status(&blob).unwrap(), "created");
     let vm_dir = work.path().join("run/sb1");

@@ -1,10 +1,17 @@
 //! The guest agent's API, shared by the agent and the host-side client: the gRPC messages and
 //! service stubs generated from `proto/agent.proto`, the protocol version and its handshake
-//! rule, and the well-known channel names. No I/O lives here.
+//! rule, and the agent's channels and the kernel parameter naming them ([`channels`]). No I/O
+//! lives here. Without the default feature `grpc` there is no [`pb`] and no tonic: the
+//! hypervisor plugins use the channels alone.
 
 #![deny(missing_docs)]
 
+pub mod channels;
+
+pub use channels::{SERIAL_PORT_NAME, VSOCK_PORT};
+
 /// Generated messages and the `Agent` service's client and server stubs.
+#[cfg(feature = "grpc")]
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("sandbox.agent.v1");
@@ -15,12 +22,6 @@ pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor:
 
 /// The metadata header every call carries: the client's protocol version, `"major.minor"`.
 pub const VERSION_HEADER: &str = "x-agent-protocol";
-
-/// The vsock port the agent listens on.
-pub const VSOCK_PORT: u32 = 1024;
-
-/// The name of the virtio-serial port the agent serves Yamux on.
-pub const SERIAL_PORT_NAME: &str = "agent.0";
 
 /// The exec id of a container's init process.
 pub const INIT_EXEC_ID: &str = "";
@@ -71,12 +72,14 @@ impl std::str::FromStr for ProtocolVersion {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl From<ProtocolVersion> for pb::Version {
     fn from(v: ProtocolVersion) -> Self {
         pb::Version { major: v.major, minor: v.minor }
     }
 }
 
+#[cfg(feature = "grpc")]
 impl From<pb::Version> for ProtocolVersion {
     fn from(v: pb::Version) -> Self {
         ProtocolVersion { major: v.major, minor: v.minor }

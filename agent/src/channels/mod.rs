@@ -16,44 +16,7 @@ use tracing::{info, warn};
 /// How long to wait before reopening a serial port whose host side is gone.
 const SERIAL_RETRY: Duration = Duration::from_millis(100);
 
-/// A channel to serve on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Channel {
-    /// A Unix socket path (tests on the host).
-    Unix(PathBuf),
-    /// A vsock port, any CID.
-    Vsock(u32),
-    /// A virtio-serial port by name, with Yamux on it.
-    Serial(String),
-}
-
-/// A channel address that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("channel {0:?} is not unix:PATH, vsock:PORT or serial:NAME")]
-pub struct BadChannel(String);
-
-impl std::str::FromStr for Channel {
-    type Err = BadChannel;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadChannel(s.to_owned());
-        match s.split_once(':').ok_or_else(bad)? {
-            ("unix", path) if !path.is_empty() => Ok(Channel::Unix(path.into())),
-            ("vsock", port) => Ok(Channel::Vsock(port.parse().map_err(|_| bad())?)),
-            ("serial", name) if !name.is_empty() => Ok(Channel::Serial(name.to_owned())),
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl std::fmt::Display for Channel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Channel::Unix(p) => write!(f, "unix:{}", p.display()),
-            Channel::Vsock(port) => write!(f, "vsock:{port}"),
-            Channel::Serial(name) => write!(f, "serial:{name}"),
-        }
-    }
-}
+pub use agent_protocol::channels::{BadChannel, Channel};
 
 /// Starts a listener task per channel; returns the channels that could be set up. A channel
 /// whose device is absent (no vsock in this VM, say) is logged and left out.
@@ -153,21 +116,6 @@ async fn serve_yamux(port: serial::SerialPort, tx: &mpsc::Sender<std::io::Result
                 return;
             }
             None => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_channels_and_names_bad_ones() {
-        assert_eq!("vsock:1024".parse::<Channel>().unwrap(), Channel::Vsock(1024));
-        assert_eq!("serial:agent.0".parse::<Channel>().unwrap(), Channel::Serial("agent.0".into()));
-        assert_eq!("unix:/run/a.sock".parse::<Channel>().unwrap(), Channel::Unix("/run/a.sock".into()));
-        for bad in ["vsock:x", "tcp:1", "unix:", "nothing"] {
-            assert!(bad.parse::<Channel>().unwrap_err().to_string().contains(bad));
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::config::PluginConfigError;
 use error_report::chain;
+use plugin_api::endpoint::{format_endpoints, AgentEndpoint};
 use crate::control::Control;
 use crate::ops::{self, OpError};
 use crate::state::VmState;
@@ -32,8 +33,9 @@ pub trait VmOps: Sized + Send + Sync + 'static {
     fn stop_timeout(&self) -> Duration;
     /// Creates the VM (its directory and its state); starts nothing.
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState<Self::Fields>, Self::Error>;
-    /// The agent's addresses, best first, `,`-separated.
-    fn agent_endpoint(&self, state: &VmState<Self::Fields>) -> Result<String, Self::Error>;
+    /// The agent's addresses, best first (the ABI carries them as
+    /// [`format_endpoints`]' text).
+    fn agent_endpoint(&self, state: &VmState<Self::Fields>) -> Result<Vec<AgentEndpoint>, Self::Error>;
 
     /// Boots a created VM ([`ops::start_vm`]).
     fn start_vm(&self, state: &VmState<Self::Fields>) -> Result<VmState<Self::Fields>, Self::Error> {
@@ -116,7 +118,8 @@ impl<C: VmOps> HypervisorPlugin for Hypervisor<C> {
     }
 
     fn agent_endpoint(&self, blob: &[u8]) -> Result<String, PluginError> {
-        self.config.agent_endpoint(&Self::decode(blob)?).map_err(Self::plugin_error)
+        let endpoints = self.config.agent_endpoint(&Self::decode(blob)?).map_err(Self::plugin_error)?;
+        Ok(format_endpoints(&endpoints))
     }
 
     fn vm_status(&self, blob: &[u8]) -> Result<String, PluginError> {

@@ -4,7 +4,7 @@ use crate::accel::Accel;
 use crate::config::Network;
 use crate::spec::VmSpec;
 use std::path::Path;
-pub use hypervisor_framework::agent::{agent_channels, AGENT_VSOCK_PORT};
+pub use hypervisor_framework::agent::AGENT_VSOCK_PORT;
 pub use hypervisor_framework::dir::MAX_SOCKET_PATH;
 use hypervisor_framework::argv::Argv;
 use hypervisor_framework::dir::Layout;

@@ -32,6 +32,7 @@ pub use hypervisor_framework::process;
 
 use config::QemuConfig;
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
+use plugin_api::endpoint::AgentEndpoint;
 use plugin_api::{ErrorKind, Plugin, PluginError, PluginKind};
 use state::VmState;
 use std::time::Duration;
@@ -84,7 +85,7 @@ impl VmOps for QemuConfig {
         vm::create_vm(self, sandbox_id, config)
     }
 
-    fn agent_endpoint(&self, state: &VmState) -> Result<String, QemuError> {
+    fn agent_endpoint(&self, state: &VmState) -> Result<Vec<AgentEndpoint>, QemuError> {
         vm::agent_endpoint(state)
     }
 }

@@ -8,6 +8,7 @@ use crate::config::QemuConfig;
 use crate::qmp::QmpError;
 use crate::spec;
 use crate::state::{Lifecycle, QemuFields, VmState};
+use plugin_api::endpoint::AgentEndpoint;
 use plugin_api::hypervisor::HypervisorConfig;
 use std::path::Path;
 use tracing::{debug, info};
@@ -54,12 +55,12 @@ pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -
 }
 
 /// The agent's addresses, best first.
-pub fn agent_endpoint(state: &VmState) -> Result<String, QemuError> {
+pub fn agent_endpoint(state: &VmState) -> Result<Vec<AgentEndpoint>, QemuError> {
     if state.lifecycle == Lifecycle::Stopped {
         return Err(QemuError::Op(OpError::wrong_state(state, "stopped", "give an agent endpoint")));
     }
     let dir = state.vm_dir();
-    let vsock = state.fields.vsock_cid.map(|cid| format!("vsock:{cid}:{AGENT_VSOCK_PORT}"));
-    let serial = (0..state.fields.agent_ports).map(|n| format!("serial:{}", dir.agent_socket(n).display()));
-    Ok(vsock.into_iter().chain(serial).collect::<Vec<_>>().join(","))
+    let vsock = state.fields.vsock_cid.map(|cid| AgentEndpoint::Vsock(cid, AGENT_VSOCK_PORT));
+    let serial = (0..state.fields.agent_ports).map(|n| AgentEndpoint::Serial(dir.agent_socket(n)));
+    Ok(vsock.into_iter().chain(serial).collect())
 }
