@@ -9,6 +9,7 @@
 //! - `nested-test`: runs the hypervisor-kvm end-to-end tests in that L1.
 //! - `nested-bench`: our vmm against QEMU (`-M pc`, `-M microvm`), side by side in that L1.
 
+mod build;
 mod deps;
 mod guest;
 mod nested;

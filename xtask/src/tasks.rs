@@ -1,51 +1,14 @@
 //! The tasks.
 
+use crate::build::{build_plugins, cargo, target_dir};
 use crate::deps::{ensure_nextest, ensure_packages, run, BUILD_PACKAGES, TEST_PACKAGES};
 use anyhow::{Context, Result};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The plugin libraries the workspace builds; tests and the demo load them from the target
-/// directory.
-const PLUGIN_PACKAGES: &[&str] =
-    &["storage-fs-plugin", "storage-leveldb-plugin", "hypervisor-qemu-plugin", "hypervisor-kvm-plugin", "panicky-plugin"];
 
 /// Debian packages the main job runs with: QEMU runs the sandbox's VM.
 const DEMO_PACKAGES: &[&str] = &["qemu-system-x86"];
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-}
-
-pub fn target_dir() -> Result<PathBuf> {
-    let out = cargo().args(["metadata", "--format-version", "1", "--no-deps"]).output()?;
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata")?;
-    Ok(PathBuf::from(meta["target_directory"].as_str().context("target_directory")?))
-}
-
-fn build_plugins(release: bool) -> Result<()> {
-    let mut cmd = cargo();
-    cmd.arg("build");
-    if release {
-        cmd.arg("--release");
-    }
-    for p in PLUGIN_PACKAGES {
-        cmd.args(["-p", p]);
-    }
-    run(&mut cmd)
-}
-
-/// What the nested tier runs besides the test binaries: the vmm and the plugin libraries.
-pub fn build_for_nested() -> Result<()> {
-    run(cargo().args(["build", "-p", "vmm", "--bins"]))?;
-    build_plugins(false)
-}
-
-/// The release vmm, for the benchmarks.
-pub fn build_vmm_release() -> Result<()> {
-    run(cargo().args(["build", "--release", "-p", "vmm", "--bin", "vmm"]))
-}
 
 /// `cargo xtask guest`: builds the guest image, or finds it up to date.
 pub fn guest() -> Result<()> {

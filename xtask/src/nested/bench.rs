@@ -258,8 +258,8 @@ pub fn task(args: &[String]) -> Result<()> {
             other => bail!("unknown argument {other:?}; usage: cargo xtask nested-bench [--rounds N]"),
         }
     }
-    let target = crate::tasks::target_dir()?;
-    crate::tasks::build_vmm_release()?;
+    let target = crate::build::target_dir()?;
+    crate::build::build_vmm_release()?;
     let image = crate::guest::build(&target)?;
     let xtask = std::env::current_exe().context("the xtask binary")?;
     let command: Vec<String> = vec![

@@ -43,7 +43,7 @@ pub fn task(args: &[String]) -> Result<()> {
     if command.is_empty() {
         command = vec!["sh".into(), "-c".into(), "ls -l /dev/kvm && grep -c svm /proc/cpuinfo".into()];
     }
-    let target = crate::tasks::target_dir()?;
+    let target = crate::build::target_dir()?;
     let image = l1::build_with(&target, &command)?;
     let outcome = run(&image, timeout)?;
     println!("nested: L1 up in {:.1} s, /dev/kvm {}", outcome.boot.as_secs_f64(), if outcome.kvm { "works" } else { "MISSING" });

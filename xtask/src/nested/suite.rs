@@ -120,8 +120,8 @@ fn script(binaries: &[(String, PathBuf, String)], options: &Options) -> String {
 /// says (the check the end-to-end tests make): then the `::kvm` tests run directly in the
 /// normal suite and no L1 is needed. `Err` when the vmm cannot be run at all.
 pub fn hardware_kvm() -> Result<bool> {
-    crate::tasks::build_for_nested()?;
-    let vmm = crate::tasks::target_dir()?.join("debug/vmm");
+    crate::build::build_for_nested()?;
+    let vmm = crate::build::target_dir()?.join("debug/vmm");
     let out = Command::new(&vmm).arg("--check-host").output().with_context(|| format!("running {} --check-host", vmm.display()))?;
     let verdict = String::from_utf8_lossy(&out.stdout);
     println!("{}", verdict.trim());
@@ -150,8 +150,8 @@ impl Default for Options {
 /// Builds, boots L1, runs the suites; returns the libtest result lines, or an error that says
 /// whether a test failed, a binary hung, or L1 itself did not work.
 pub fn run_suites(options: &Options) -> Result<Vec<String>> {
-    let target = crate::tasks::target_dir()?;
-    crate::tasks::build_for_nested()?;
+    let target = crate::build::target_dir()?;
+    crate::build::build_for_nested()?;
     crate::guest::build(&target)?;
     let mut binaries = Vec::new();
     for (package, test, filter) in SUITES {
