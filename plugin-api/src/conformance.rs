@@ -1,5 +1,7 @@
 //! Conformance kits: the behaviour every plugin of a kind must show, runnable against any
-//! loaded plugin. The runtime's `plugin-conformance` binary runs them against a `.so`.
+//! loaded plugin. `sandboxctl conformance LIB.so` runs the storage kit against a plugin
+//! library, loaded as the runtime loads it (`docs/PLUGIN-VENDORS.md`); the workspace's own
+//! tests run it against the built-in storage plugins (`tests/tests/storage_conformance.rs`).
 
 pub mod storage;
 

@@ -1,6 +1,7 @@
-//! The VM factory interface: `NewVM(HypervisorConfig)` of the seed. The built-in kinds are
+//! The VM factory interface: `NewVM(HypervisorConfig)` of the seed. The design's kinds are
 //! `new` (boot a fresh VM), `template` (clone a saved template) and `cache` (hand out a VM
-//! booted ahead of time).
+//! booted ahead of time); none is built yet, and today's core boots every VM through the
+//! hypervisor plugin itself, never through a factory.
 
 use crate::error::PluginError;
 use crate::guard::guard;

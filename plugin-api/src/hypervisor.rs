@@ -35,7 +35,8 @@ pub struct HypervisorConfig {
     /// the sandbox is deleted); `None` discards the console.
     #[serde(default)]
     pub console_log: Option<PathBuf>,
-    /// Disks attached when the VM is created, in order (hot-plug adds more later).
+    /// Disks attached when the VM is created, in order (the only way to give a VM disks
+    /// today: device hotplug is not built yet).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
 }
@@ -94,7 +95,8 @@ pub struct DeviceRequest {
 }
 payload!(DeviceRequest, 1);
 
-/// The FFI-safe hypervisor interface. Plugin authors implement [`HypervisorPlugin`].
+/// The FFI-safe hypervisor interface. Plugin authors implement [`HypervisorPlugin`], whose
+/// documentation is the contract of each method.
 #[sabi_trait]
 pub trait Hypervisor: Send + Sync {
     /// Creates (but does not start) a VM for `sandbox_id` from a [`HypervisorConfig`]
@@ -134,24 +136,200 @@ pub trait Hypervisor: Send + Sync {
 /// A shared hypervisor trait object (the factory plugins receive one).
 pub type HypervisorBox = Hypervisor_TO<'static, RArc<()>>;
 
-/// What a hypervisor plugin author implements. See [`Hypervisor`] for each method.
-#[allow(missing_docs)]
+/// What a hypervisor plugin author implements, in plain Rust types. The plugin's
+/// [`Plugin::new_hypervisor`](crate::Plugin::new_hypervisor) returns one, built from the
+/// plugin's config (the `[hypervisor]` table of the runtime config without the keys the core
+/// reads, as JSON); the root module wraps it with [`hypervisor_into_ffi`] into the FFI trait
+/// object [`Hypervisor`], which decodes the JSON payloads and catches panics.
+///
+/// # The contract
+///
+/// - **All of a VM's state is in its state blob.** The host keeps no VM state of its own: it
+///   stores the bytes each call returns in the sandbox's record (in the metadata storage) and
+///   passes them to the next call, which may come from another host process, with another
+///   instance of the plugin, after the first process exited. So the blob must name everything a
+///   later call needs (the VMM's pid and something that tells a reused pid apart, its sockets,
+///   its directory), and the plugin instance should hold nothing a later call needs besides
+///   its parsed config. The blob is opaque to the host, must not be empty (the host takes an
+///   empty blob for "no VM was made"), and should be small versioned data (the built-in
+///   plugins write JSON with a `"schema"` such as `"qemu-vm/1"`). A blob the plugin cannot
+///   read, or one of another plugin or of a newer schema, is an
+///   [`ErrorKind::INVALID_INPUT`](crate::ErrorKind::INVALID_INPUT) error that says which.
+/// - **VMs outlive the host process.** The VMM runs detached (daemonized) from the process
+///   that called [`start_vm`](Self::start_vm); only [`stop_vm`](Self::stop_vm) ends it.
+/// - **Every method blocks** until it is done, and is called on a blocking thread of the host,
+///   never on its async threads. Calls for different VMs may run at the same time on one
+///   instance (hence `Send + Sync`); calls that change one VM come one at a time (the host
+///   holds the sandbox's lock), but [`vm_status`](Self::vm_status) may run beside them (a
+///   sandbox monitor asks without the lock).
+/// - **Errors** are a [`PluginError`]: a kind and a one-line message that names what was wrong
+///   (the field, the file, the VM and its state). The host does not act on the kind; it wraps
+///   the error as `hypervisor plugin <name> failed to <op> the VM of sandbox <id>: <kind>:
+///   <message>` and hands that to the caller. Use
+///   [`INVALID_INPUT`](crate::ErrorKind::INVALID_INPUT) for a config, request, blob or VM
+///   state the call cannot accept, [`NOT_FOUND`](crate::ErrorKind::NOT_FOUND) for a missing
+///   VMM binary, [`IO`](crate::ErrorKind::IO) for a failed file-system or system call,
+///   [`BUSY`](crate::ErrorKind::BUSY) for a VM whose directory or control channel another VMM
+///   or caller holds, [`UNSUPPORTED`](crate::ErrorKind::UNSUPPORTED) for what this plugin or
+///   host cannot do, and [`OTHER`](crate::ErrorKind::OTHER) for the rest (a VMM that failed to
+///   start or to answer). A panic is caught at the boundary and reaches the host as
+///   [`PANICKED`](crate::ErrorKind::PANICKED).
+///
+/// Which calls the host makes, in order: [`create_vm`](Self::create_vm), then
+/// [`start_vm`](Self::start_vm), then [`agent_endpoint`](Self::agent_endpoint); then
+/// [`vm_status`](Self::vm_status) whenever it needs to know, [`pause_vm`](Self::pause_vm) and
+/// [`resume_vm`](Self::resume_vm) as asked, and [`stop_vm`](Self::stop_vm) to end. The other
+/// three methods have defaults that return `UNSUPPORTED`; today's core never calls them (VM
+/// factories and device hotplug are not built yet).
 pub trait HypervisorPlugin: Send + Sync + 'static {
+    /// Creates the VM of sandbox `sandbox_id` from `config` and returns its state blob; starts
+    /// nothing.
+    ///
+    /// - `sandbox_id`: 1 to 64 bytes of `[A-Za-z0-9_.-]`, not starting with `.` or `-` (the
+    ///   core checks it; a plugin that names files or processes after it should check again).
+    ///   A new VM for the same id replaces one that was stopped, or left behind by a process
+    ///   that was killed before it could record its VM; a VM of that id that still runs must
+    ///   be refused (`BUSY`).
+    /// - `config`: already decoded and its schema checked (a malformed or newer payload is
+    ///   refused with `INVALID_INPUT` before this is called). `vcpus` and `memory_mib` are
+    ///   what the sandbox asked for (or the host's defaults), and the plugin is what decides
+    ///   what it can run: refuse values outside its own limits with `INVALID_INPUT`, naming
+    ///   the field, the value and the range (`HypervisorConfig.memory_mib = 4096: must be 32
+    ///   to 3072`), rather than count on the host to have refused them. Check here everything
+    ///   that would otherwise fail late: the kernel and initrd exist and have a format the VMM
+    ///   boots, every disk exists and its name is valid ([`DiskConfig::validate_name`]), the
+    ///   VMM binary is there, `extra` holds only settings this plugin knows. `console_log` is
+    ///   the file the host wants the serial console written to (the host owns it: never
+    ///   remove it); `None` discards the console.
+    ///
+    /// The host saves the blob at once, before it calls [`start_vm`](Self::start_vm), so a
+    /// host process killed in between leaves a record through which the VM can still be
+    /// stopped. If anything after this fails, the host calls [`stop_vm`](Self::stop_vm) with
+    /// this blob, so `stop_vm` must undo what `create_vm` did.
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError>;
+
+    /// Boots the created VM of state blob `vm` and returns its updated blob: runs the VMM
+    /// detached from the calling process, records what names its process, and returns once
+    /// the VMM runs the guest (its control channel answering), without waiting for the guest's
+    /// agent.
+    ///
+    /// Only a created VM starts: a blob in any other state is `INVALID_INPUT` naming the state.
+    /// A VMM that cannot be run, exits while starting or does not answer is an error (`OTHER`,
+    /// with the VMM's own output where there is some) and must leave no process behind.
+    ///
+    /// The host stores the returned blob, counts a new boot and asks
+    /// [`agent_endpoint`](Self::agent_endpoint); then it waits up to `boot_timeout_s` for the
+    /// agent, polling [`vm_status`](Self::vm_status) about once a second: `"dead"` fails the
+    /// boot at once, with the end of the console log. On any failure it calls
+    /// [`stop_vm`](Self::stop_vm).
     fn start_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError>;
+
+    /// Stops the VM of state blob `vm` and releases everything it holds except the console
+    /// log (the VMM process, its sockets, its directory); returns the blob of a stopped VM.
+    ///
+    /// It must accept a blob in every state (created and never started, running, paused,
+    /// already stopped, or dead) and be idempotent: stopping a stopped or dead VM cleans up
+    /// what is left and succeeds. Ask the VMM to quit first; kill it after the plugin's stop
+    /// timeout; signal only the recorded process (a reused pid must never be signalled). An
+    /// error (a VMM that could not be killed, a directory that could not be removed) means the
+    /// VM may still be there: the host reports it and leaves the sandbox's record as it was
+    /// (a failed DeleteSandbox keeps the record, the only way left to reach that VM).
+    ///
+    /// The host calls it on StopSandbox and DeleteSandbox, to roll back a create or start that
+    /// failed, and before it boots a fresh VM for a stopped sandbox. A stopped VM is never
+    /// started again: the host creates a new one.
     fn stop_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError>;
+
+    /// Pauses the running VM of state blob `vm` (its vCPUs stop; the VMM process stays) and
+    /// returns its updated blob. A VM that is not running (created, paused, stopped, or whose
+    /// process is gone) is `INVALID_INPUT` naming its state; a VMM that does not carry out the
+    /// request is an error (`OTHER`, or `BUSY` if its control channel is held).
+    ///
+    /// The host stores the blob and marks the sandbox paused; it does not health-check the
+    /// agent of a paused sandbox.
     fn pause_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError>;
+
+    /// Resumes the paused VM of state blob `vm` (its vCPUs run again) and returns its updated
+    /// blob. A VM that is not paused is `INVALID_INPUT` naming its state.
+    ///
+    /// Besides ResumeSandbox, the host calls it to stop a paused sandbox (its containers are
+    /// stopped through the agent, which needs running vCPUs).
     fn resume_vm(&self, vm: &[u8]) -> Result<Vec<u8>, PluginError>;
+
+    /// Saves the paused VM of state blob `vm` as a template in the directory `dir` and returns
+    /// the template's descriptor (opaque bytes that [`create_from_template`] reads back).
+    /// For VM factories of kind `template`; the default refuses with `UNSUPPORTED`.
+    ///
+    /// Today's core never calls it (the VM factories are not built yet).
+    ///
+    /// [`create_from_template`]: Self::create_from_template
     fn save_template(&self, _vm: &[u8], _dir: &str) -> Result<Vec<u8>, PluginError> {
         Err(PluginError::unsupported("this hypervisor cannot save templates"))
     }
+
+    /// Creates the VM of sandbox `sandbox_id` from a template descriptor that
+    /// [`save_template`](Self::save_template) returned, and returns its state blob, as
+    /// [`create_vm`](Self::create_vm) does. A descriptor this plugin cannot read is
+    /// `INVALID_INPUT`; the default refuses with `UNSUPPORTED`.
+    ///
+    /// Today's core never calls it (the VM factories are not built yet).
     fn create_from_template(&self, _sandbox_id: &str, _template: &[u8]) -> Result<Vec<u8>, PluginError> {
         Err(PluginError::unsupported("this hypervisor cannot create VMs from templates"))
     }
+
+    /// Adds a device to, or removes one from, the running VM of state blob `vm` as `request`
+    /// says, and returns the updated blob. A kind the plugin does not know, or settings it
+    /// cannot use, are `INVALID_INPUT`; a kind it knows but cannot hot-plug is
+    /// `UNSUPPORTED`. The default refuses every request with `UNSUPPORTED`.
+    ///
+    /// Today's core never calls it: AddDevice, AddInterface and RemoveInterface answer
+    /// "not supported yet" without asking the plugin.
     fn hotplug(&self, _vm: &[u8], _request: &DeviceRequest) -> Result<Vec<u8>, PluginError> {
         Err(PluginError::unsupported("this hypervisor cannot hot-plug devices"))
     }
+
+    /// The addresses at which the host can reach the guest agent of the VM of state blob `vm`,
+    /// comma-separated, best first. Each is one of
+    ///
+    /// - `serial:<path>`: the host's Unix socket of a virtio-serial (or virtio-console) port,
+    ///   over which the host runs Yamux;
+    /// - `hvsock:<path>:<port>`: hybrid vsock, a Unix socket on which the host writes
+    ///   `CONNECT <port>\n` and reads an `OK ...` line before it speaks;
+    /// - `vsock:<cid>:<port>`: `AF_VSOCK`;
+    /// - `unix:<path>`: a Unix socket the agent itself listens on;
+    ///
+    /// with absolute paths that hold no `,`. Build the text with
+    /// [`format_endpoints`](crate::endpoint::format_endpoints) from typed
+    /// [`AgentEndpoint`](crate::endpoint::AgentEndpoint)s
+    /// ([`parse_endpoints`](crate::endpoint::parse_endpoints) reads it back); a list the host
+    /// cannot parse fails every connection to the agent. The guest must be told to listen
+    /// on the same channels (the built-in plugins put `agent.channels=` on the kernel command
+    /// line).
+    ///
+    /// The host asks once per boot, right after [`start_vm`](Self::start_vm), and stores the
+    /// answer in the sandbox's record. A host process that talks to the agent claims one
+    /// address (the first free one, through a lock file per address) for as long as its
+    /// connection lives, so the number of addresses is the number of host processes that can
+    /// talk to one sandbox at once; a serial port carries one connection at a time, so give
+    /// several. A stopped VM has no endpoint: `INVALID_INPUT`.
     fn agent_endpoint(&self, vm: &[u8]) -> Result<String, PluginError>;
+
+    /// What the VM of state blob `vm` is now, as seen from its process and its control channel:
+    ///
+    /// - `"created"`: created, not started;
+    /// - `"running"`: started and its vCPUs run (also when the process is alive but its control
+    ///   channel does not answer in time);
+    /// - `"paused"`: the process is alive and its vCPUs do not run;
+    /// - `"stopped"`: stopped through [`stop_vm`](Self::stop_vm);
+    /// - `"dead"`: it was started and its process is gone although nobody stopped it (the
+    ///   guest shut down or crashed, the VMM was killed).
+    ///
+    /// It must be quick (a couple of seconds at most) and change nothing. The host calls it
+    /// often: before it connects to the agent (it connects only to a `"running"` VM), before it
+    /// stops containers (`"running"` or `"paused"`), about once a second while a VM boots
+    /// (`"dead"` fails the boot), every 0.5 s in a sandbox monitor (`"dead"` or `"stopped"`
+    /// becomes `MonitorEvent::VmDied`), and for every status query, where an error is shown as
+    /// `unknown (<error>)`. Return an error only for a blob it cannot read.
     fn vm_status(&self, vm: &[u8]) -> Result<String, PluginError>;
 }
 

@@ -39,7 +39,8 @@ pub struct ProxyStarted {
     pub url: RString,
 }
 
-/// The FFI-safe proxy interface. Plugin authors implement [`ProxyPlugin`].
+/// The FFI-safe proxy interface. Plugin authors implement [`ProxyPlugin`], whose
+/// documentation is the contract of each method.
 #[sabi_trait]
 pub trait Proxy: Send + Sync {
     /// Starts the proxy from a [`ProxyParams`] payload.
@@ -54,11 +55,53 @@ pub trait Proxy: Send + Sync {
 /// An owned proxy trait object.
 pub type ProxyBox = Proxy_TO<'static, RBox<()>>;
 
-/// What a proxy plugin author implements. See [`Proxy`] for each method.
-#[allow(missing_docs)]
+/// What a proxy plugin author implements, in plain Rust types. The plugin's
+/// [`Plugin::new_proxy`](crate::Plugin::new_proxy) returns one, built from the plugin's config
+/// (JSON); the root module wraps it with [`proxy_into_ffi`] into the FFI trait object
+/// [`Proxy`], which decodes the [`ProxyParams`] payload and catches panics.
+///
+/// A proxy stands between the host (the runtime's agent client and the shims) and the guest
+/// agent of one sandbox, as the proxies of the original runtime did: `noop` and `none` start
+/// nothing, `kata` and `cc` run a proxy process per VM, `kata-builtin` works inside the host
+/// process. Every method blocks and may be called on any thread; several sandboxes may use one
+/// instance at once. Errors are a [`PluginError`] whose one-line message names what was wrong;
+/// a panic reaches the host as [`PANICKED`](crate::ErrorKind::PANICKED).
+///
+/// Today's core loads and lists proxy plugins (`sandboxctl plugins`) but never calls one: no
+/// proxy plugin is built yet (`plugins/proxy-*`), and the host dials the agent at the
+/// addresses the hypervisor plugin gives. The methods below say what a proxy must do and what
+/// the core will do with the answers, following the original runtime.
 pub trait ProxyPlugin: Send + Sync + 'static {
+    /// Starts the proxy for the sandbox `params.sandbox_id` and returns `(pid, url)`.
+    ///
+    /// - `params.agent_url`: where the agent listens, which the proxy relays to;
+    ///   `params.console_url`: the VM's console socket, whose lines a proxy may read and log;
+    ///   `params.path`: the proxy binary, for a proxy that runs one (missing where it needs one:
+    ///   [`INVALID_INPUT`](crate::ErrorKind::INVALID_INPUT); not there:
+    ///   [`NOT_FOUND`](crate::ErrorKind::NOT_FOUND)); `params.debug`: turn on its debug output.
+    /// - `pid`: the proxy process the plugin started (it must outlive the calling host
+    ///   process, as the VM does), `0` when there is no process, `-1` when the proxy runs
+    ///   inside the host process.
+    /// - `url`: what clients dial to reach the agent from now on: the proxy's own socket, or
+    ///   `params.agent_url` itself for a proxy that relays nothing.
+    ///
+    /// The host is to keep both with the sandbox, hand `url` to its agent client and to every
+    /// shim of the sandbox's processes, and call `stop(pid)` when the sandbox stops; it skips
+    /// `start` while [`console_watched`](Self::console_watched) says the proxy already serves
+    /// the VM. A proxy process that does not come up is an error
+    /// ([`OTHER`](crate::ErrorKind::OTHER), with its output) and leaves no process behind.
     fn start(&self, params: &ProxyParams) -> Result<(i64, String), PluginError>;
+
+    /// Stops the proxy that [`start`](Self::start) reported as `pid`: ends that process (a
+    /// SIGTERM, as the original `kata` proxy does), or for `pid` 0 or -1 releases what the
+    /// in-process proxy holds (its console connection). It must be idempotent: a process that
+    /// is already gone, or a proxy already stopped, is success. A signal that is refused is an
+    /// [`IO`](crate::ErrorKind::IO) error.
     fn stop(&self, pid: i64) -> Result<(), PluginError>;
+
+    /// Whether this proxy already watches the VM's console (holds its console connection and
+    /// logs its lines); the host is then not to start it again. It cannot fail; a panic in it
+    /// counts as `false`.
     fn console_watched(&self) -> bool;
 }
 

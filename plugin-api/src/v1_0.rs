@@ -9,8 +9,8 @@
 //! a method the plugin lacks falls back to its default.
 //!
 //! Only the types whose layout changed since 1.0 are redefined here, with the same names; the
-//! rest are the current ones. Never edit this module except to mirror what 1.0.0 was.
-#![allow(missing_docs)]
+//! rest are the current ones. Never edit this module except to mirror what 1.0.0 was (its
+//! doc comments are 1.0.0's; doc comments are not part of a layout).
 
 use crate::error::PluginError;
 use crate::factory::VmFactoryBox;
@@ -31,9 +31,13 @@ use abi_stable::{
 /// `MetadataStorage` as of 1.0.0: without `save_batch`.
 #[sabi_trait]
 pub trait MetadataStorage: Send + Sync {
+    /// Saves `value` under `key`, replacing any previous value, durably.
     fn save(&self, key: RStr<'_>, value: RSlice<'_, u8>) -> RResult<(), PluginError>;
+    /// Loads the value under `key`; `None` if there is none.
     fn load(&self, key: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError>;
+    /// Deletes `key`; deleting a missing key succeeds.
     fn delete(&self, key: RStr<'_>) -> RResult<(), PluginError>;
+    /// Lists the keys that start with `prefix` (all keys for an empty prefix), sorted.
     #[sabi(last_prefix_field)]
     fn list(&self, prefix: RStr<'_>) -> RResult<RVec<RString>, PluginError>;
 }
@@ -46,12 +50,19 @@ pub type MetadataStorageBox = MetadataStorage_TO<'static, RBox<()>>;
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
 pub struct PluginModule {
+    /// The plugin's identity.
     pub manifest: extern "C" fn() -> PluginManifest,
+    /// Called once by the host after loading a plugin dynamically.
     pub init: extern "C" fn(HostContext) -> RResult<(), PluginError>,
+    /// Creates a storage instance from the plugin's config (JSON).
     pub new_storage: extern "C" fn(RSlice<'_, u8>) -> RResult<MetadataStorageBox, PluginError>,
+    /// Creates a hypervisor instance from the plugin's config (JSON).
     pub new_hypervisor: extern "C" fn(RSlice<'_, u8>) -> RResult<HypervisorBox, PluginError>,
+    /// Creates a VM factory instance from the plugin's config (JSON).
     pub new_vm_factory: extern "C" fn(RSlice<'_, u8>) -> RResult<VmFactoryBox, PluginError>,
+    /// Creates a shim instance from the plugin's config (JSON).
     pub new_shim: extern "C" fn(RSlice<'_, u8>) -> RResult<ShimBox, PluginError>,
+    /// Creates a proxy instance from the plugin's config (JSON).
     #[sabi(last_prefix_field)]
     pub new_proxy: extern "C" fn(RSlice<'_, u8>) -> RResult<ProxyBox, PluginError>,
 }
