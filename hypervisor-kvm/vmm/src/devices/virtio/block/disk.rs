@@ -10,8 +10,8 @@ use std::path::Path;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{Bytes, GuestMemoryMmap, ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
 
-use super::request::Segment;
-use super::{BlockError, ID_BYTES, SECTOR_SIZE};
+use super::error::BlockError;
+use super::request::{Segment, ID_BYTES, SECTOR_SIZE};
 
 /// A raw disk image.
 #[derive(Debug)]

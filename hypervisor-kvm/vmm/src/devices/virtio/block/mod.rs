@@ -7,6 +7,7 @@
 //! and guest memory ([`disk`]).
 
 pub mod disk;
+mod error;
 pub mod metrics;
 pub mod queue;
 pub mod request;
@@ -25,6 +26,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 
+pub use self::error::BlockError;
+pub use self::request::{ID_BYTES, SECTOR_SIZE};
+
 use self::disk::Disk;
 use self::metrics::BlockMetrics;
 use super::worker::Worker;
@@ -37,53 +41,12 @@ pub const NAME: &str = "virtio-blk";
 pub const DEVICE_TYPE: u32 = 2;
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
-/// Bytes per sector (the unit of capacity and of request offsets).
-pub const SECTOR_SIZE: u64 = 512;
 /// Data segments per request the driver may use (`seg_max`), as QEMU offers with its
 /// 128-entry queues (queue size minus header and status). Longer chains are served too:
 /// only the queue size bounds them.
 pub const SEG_MAX: u32 = 126;
-/// Length of the device ID (`VIRTIO_BLK_ID_BYTES`).
-pub const ID_BYTES: usize = 20;
 /// Size of the configuration space (`struct virtio_blk_config`).
 pub const CONFIG_SIZE: usize = size_of::<virtio_blk_config>();
-
-/// Errors opening a block device's image.
-#[derive(Debug, thiserror::Error)]
-pub enum BlockError {
-    /// The image could not be opened.
-    #[error("opening the disk image {path}")]
-    Open {
-        /// The image path.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The path is neither a regular file nor a block device.
-    #[error("the disk image {0} is not a regular file or a block device")]
-    NotAnImage(String),
-    /// Its size could not be read.
-    #[error("reading the size of the disk image {path}")]
-    Size {
-        /// The image path.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Its size is not a whole number of sectors.
-    #[error("the disk image {path} is {size} bytes, not a multiple of 512")]
-    Unaligned {
-        /// The image path.
-        path: String,
-        /// Its size in bytes.
-        size: u64,
-    },
-    /// The device ID does not fit in 20 bytes.
-    #[error("the block device ID {0:?} is longer than 20 bytes")]
-    IdTooLong(String),
-}
 
 /// A virtio-blk device.
 pub struct Block {

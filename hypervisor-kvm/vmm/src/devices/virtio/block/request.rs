@@ -9,7 +9,10 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTI
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
-use super::SECTOR_SIZE;
+/// Bytes per sector (the unit of capacity and of request offsets).
+pub const SECTOR_SIZE: u64 = 512;
+/// Length of the device ID (`VIRTIO_BLK_ID_BYTES`).
+pub const ID_BYTES: usize = 20;
 
 /// Size of `struct virtio_blk_outhdr`: type (le32), ioprio (le32), sector (le64).
 pub const HEADER_SIZE: u32 = 16;

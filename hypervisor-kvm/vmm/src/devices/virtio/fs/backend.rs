@@ -16,7 +16,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::FsError;
+use super::error::FsError;
+
+/// The device's name in logs and errors.
+pub const DEVICE: &str = "virtio-fs";
 
 /// The virtio features the guest may see, when the backend offers them: the ring layouts
 /// the backend implements and VERSION_1. Not the vhost-user-only bits (`PROTOCOL_FEATURES`,
@@ -162,13 +165,13 @@ impl Backend {
         for &i in started {
             if self.protocol {
                 if let Err(e) = self.frontend.set_vring_enable(i, false) {
-                    tracing::warn!(device = super::NAME, socket = %self.socket, queue = i, error = %e, "SET_VRING_ENABLE off");
+                    tracing::warn!(device = DEVICE, socket = %self.socket, queue = i, error = %e, "SET_VRING_ENABLE off");
                 }
             }
             match self.frontend.get_vring_base(i) {
-                Ok(base) => tracing::debug!(device = super::NAME, queue = i, base, "queue stopped"),
+                Ok(base) => tracing::debug!(device = DEVICE, queue = i, base, "queue stopped"),
                 Err(e) => {
-                    tracing::warn!(device = super::NAME, socket = %self.socket, queue = i, error = %e, "GET_VRING_BASE")
+                    tracing::warn!(device = DEVICE, socket = %self.socket, queue = i, error = %e, "GET_VRING_BASE")
                 }
             }
         }

@@ -15,6 +15,7 @@
 //! for the vCPU thread that activates or resets the device.
 
 pub mod backend;
+mod error;
 pub mod metrics;
 mod worker;
 
@@ -30,6 +31,8 @@ use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+pub use self::error::FsError;
+
 use self::backend::Backend;
 use self::metrics::FsMetrics;
 use super::worker::Worker;
@@ -37,7 +40,7 @@ use super::{ActivateError, Activation, VirtioDevice};
 use crate::logger::RateLimit;
 
 /// The device type's name in logs and errors.
-pub const NAME: &str = "virtio-fs";
+pub const NAME: &str = backend::DEVICE;
 /// virtio device ID of a file system device.
 pub const DEVICE_TYPE: u32 = 26;
 /// The hiprio queue and one request queue.
@@ -52,50 +55,6 @@ pub const CONFIG_SIZE: usize = TAG_LEN + 4;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reset waits for the backend to give the queues back.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Errors of a virtio-fs device and its vhost-user backend.
-#[derive(Debug, thiserror::Error)]
-pub enum FsError {
-    /// The tag is empty, too long or contains a NUL byte.
-    #[error("the virtio-fs tag {0:?} must be 1 to 36 bytes with no NUL")]
-    BadTag(String),
-    /// Connecting to the backend's socket failed.
-    #[error("connecting to the vhost-user backend {socket}")]
-    Connect {
-        /// The backend's socket.
-        socket: String,
-        /// The cause.
-        #[source]
-        source: vhost::Error,
-    },
-    /// A vhost-user request failed or was answered wrongly.
-    #[error("the vhost-user backend {socket}: {step}")]
-    Request {
-        /// The backend's socket.
-        socket: String,
-        /// The request (or step) that failed.
-        step: String,
-        /// The cause.
-        #[source]
-        source: vhost::Error,
-    },
-    /// The backend cannot serve a virtio-fs device the way this vmm needs.
-    #[error("the vhost-user backend {socket}: {reason}")]
-    Unsuitable {
-        /// The backend's socket.
-        socket: String,
-        /// What is missing.
-        reason: String,
-    },
-    /// Guest memory cannot be described to the backend.
-    #[error("the vhost-user backend {socket}: guest memory at {gpa:#x} cannot be shared")]
-    Memory {
-        /// The backend's socket.
-        socket: String,
-        /// The guest physical address concerned.
-        gpa: u64,
-    },
-}
 
 /// Checks a tag and lays out the configuration space.
 pub fn config_space(tag: &str) -> Result<[u8; CONFIG_SIZE], FsError> {
