@@ -12,7 +12,7 @@ use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::KernelLoader;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::common::{gdt_entry, memory_map, BootError, BootInfo, BootMode, CMDLINE_ADDR, GDT_ADDR, HIMEM_START};
+use super::common::{gdt_entry, memory_map, write, BootError, BootInfo, BootMode, CMDLINE_ADDR, GDT_ADDR, HIMEM_START};
 
 /// The zero page (`boot_params`, 4 KiB).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
@@ -42,10 +42,6 @@ pub const GDT64: [u64; 4] = [
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x008b, 0, 0x67),
 ];
-
-fn write<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, val: T, at: u64) -> Result<(), BootError> {
-    mem.write_obj(val, GuestAddress(at)).map_err(BootError::GuestMemory)
-}
 
 /// Identity-maps the first GiB with 2 MiB pages.
 fn page_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
