@@ -5,7 +5,7 @@ use super::lock::{try_claim, SandboxLock};
 use super::record::SandboxRecord;
 use super::runtime::Inner;
 use super::{blocking, SandboxConfig, SandboxError, SandboxState};
-use crate::agent::{parse_endpoints, AgentClient, AgentError};
+use crate::agent::{connect_claimed, parse_endpoints, AgentClient, AgentError};
 use plugin_api::hypervisor::HypervisorHandle;
 use plugin_api::PluginError;
 use std::path::PathBuf;
@@ -180,7 +180,7 @@ impl Sandbox {
             }
         };
         tracing::debug!(sandbox = %self.id, endpoint = %endpoints[index], "connecting to the agent");
-        let client = endpoints[index].connect_claimed(timeout, per_attempt, Arc::new(claim)).await.map_err(self.agent_error())?;
+        let client = connect_claimed(&endpoints[index], timeout, per_attempt, Arc::new(claim)).await.map_err(self.agent_error())?;
         *conn = Some(AgentConn { client: client.clone(), boot: record.vm.boot });
         Ok(client)
     }
