@@ -237,8 +237,9 @@ impl RuntimeConfig {
             if !(1..=crate::sandbox::MAX_VCPUS).contains(&h.vcpus) {
                 return Err(invalid("hypervisor.vcpus", format!("is {}; it must be 1 to {}", h.vcpus, crate::sandbox::MAX_VCPUS)));
             }
-            if h.memory_mib < crate::sandbox::MIN_MEMORY_MIB {
-                return Err(invalid("hypervisor.memory_mib", format!("is {}; it must be at least {}", h.memory_mib, crate::sandbox::MIN_MEMORY_MIB)));
+            // The floor and ceiling are the hypervisor plugin's (create_vm names them).
+            if h.memory_mib == 0 {
+                return Err(invalid("hypervisor.memory_mib", "is 0; it must be at least 1 MiB (the hypervisor plugin sets its own floor)".into()));
             }
         }
         relative(&mut config.runtime.state_dir);
@@ -323,8 +324,8 @@ mod tests {
         let base = "[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\nkernel = 'k'\n";
         let e = parse(&format!("{base}vcpus = 0\n")).unwrap_err();
         assert!(e.contains("hypervisor.vcpus") && e.contains("is 0"), "{e}");
-        let e = parse(&format!("{base}memory_mib = 16\n")).unwrap_err();
-        assert!(e.contains("hypervisor.memory_mib"), "{e}");
+        let e = parse(&format!("{base}memory_mib = 0\n")).unwrap_err();
+        assert!(e.contains("hypervisor.memory_mib") && e.contains("is 0"), "{e}");
         let e = parse("[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\n").unwrap_err();
         assert!(e.contains("kernel"), "{e}");
         let e = parse("[storage]\nplugin = 'fs'\n[runtime]\nboot_timeout = 3\n").unwrap_err();

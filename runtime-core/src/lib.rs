@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod agent;
 pub mod config;
 pub mod plugins;

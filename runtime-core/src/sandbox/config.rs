@@ -8,8 +8,6 @@ use std::path::PathBuf;
 
 /// Most vCPUs a sandbox may ask for.
 pub const MAX_VCPUS: u32 = 64;
-/// Least memory a sandbox may ask for, MiB.
-pub const MIN_MEMORY_MIB: u64 = 128;
 /// Longest sandbox, container or process id.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -160,8 +158,9 @@ impl SandboxConfig {
             }
         }
         if let Some(m) = self.memory_mib {
-            if m < MIN_MEMORY_MIB {
-                return Err(invalid("memory_mib", format!("is {m}; it must be at least {MIN_MEMORY_MIB}")));
+            // The floor and ceiling are the hypervisor plugin's (create_vm names them).
+            if m == 0 {
+                return Err(invalid("memory_mib", "is 0; it must be at least 1 MiB (the hypervisor plugin sets its own floor)".to_owned()));
             }
         }
         for (i, d) in self.disks.iter().enumerate() {
@@ -294,7 +293,7 @@ mod tests {
         };
         check(&|c| c.id = "../x".into(), "id", "A-Z");
         check(&|c| c.vcpus = Some(0), "vcpus", "is 0");
-        check(&|c| c.memory_mib = Some(1), "memory_mib", "at least 128");
+        check(&|c| c.memory_mib = Some(0), "memory_mib", "at least 1 MiB");
         check(&|c| c.disks[0].name = "no spaces".into(), "disks[0].name", "A-Z");
         check(&|c| c.disks.push(c.disks[0].clone()), "disks[1].name", "used by another disk");
         check(&|c| c.disks[0].path = "/nonexistent".into(), "disks[0].path", "not a file");

@@ -1,8 +1,10 @@
 //! The container half of the Sandbox Operation API.
 
 use super::config::ConfigError;
-use super::record::{ContainerRecord, ProcessRecord, SandboxRecord};
+use super::guest::{self, cref, exec_id};
 use super::handle::{Process, Sandbox};
+use super::lock::SandboxLock;
+use super::record::{ContainerRecord, ProcessRecord, SandboxRecord};
 use super::state::{require_container, require_sandbox, ContainerState, SandboxState};
 use super::status::{container_status, ContainerStatus};
 use super::{oci, ContainerConfig, ContainerStats, ProcessConfig, ProcessInfo, SandboxError};
@@ -15,89 +17,17 @@ use ContainerState::{Paused, Ready, Running, Stopped};
 /// Sandbox states in which containers can be operated on.
 const LIVE: &[SandboxState] = &[SandboxState::Ready, SandboxState::Running];
 
-fn cref(id: &str) -> pb::ContainerRef {
-    pb::ContainerRef { container_id: id.to_owned() }
-}
-
-/// The agent's exec id of a process token: empty for the container's first process.
-pub(crate) fn exec_id(container: &str, token: &str) -> String {
-    if token == container {
-        String::new()
-    } else {
-        token.to_owned()
-    }
-}
-
-/// Stops a container's first process in the guest: SIGTERM, then after `timeout` SIGKILL to
-/// every process of the container. A container never started just gets SIGKILL. Returns
-/// the exit status if one was seen.
-pub(crate) async fn stop_in_guest(
-    sb: &Sandbox,
-    agent: &AgentClient,
-    id: &str,
-    state: ContainerState,
-    timeout: Duration,
-) -> Result<Option<i32>, SandboxError> {
-    let mut raw = agent.raw();
-    let process = pb::ProcessRef { container_id: id.to_owned(), exec_id: String::new() };
-    let status = raw.status_process(process.clone()).await.map_err(sb.call_error("StatusProcess"))?.into_inner();
-    if status.exited {
-        return Ok(Some(status.exit_status));
-    }
-    if state == Ready {
-        return Ok(None); // removing it (with force) kills the waiting process
-    }
-    if status.container_state == "paused" {
-        raw.resume_container(cref(id)).await.map_err(sb.call_error("ResumeContainer"))?;
-    }
-    let signal = |signal: i32, all: bool| pb::SignalProcessRequest { container_id: id.to_owned(), exec_id: String::new(), signal: signal as u32, all };
-    raw.signal_process(signal(libc::SIGTERM, false)).await.map_err(sb.call_error("SignalProcess"))?;
-    if let Ok(reply) = tokio::time::timeout(timeout, raw.wait_process(process.clone())).await {
-        return Ok(Some(reply.map_err(sb.call_error("WaitProcess"))?.into_inner().exit_status));
-    }
-    tracing::info!(sandbox = %sb.id, container = id, "no exit {timeout:?} after SIGTERM: sending SIGKILL");
-    raw.signal_process(signal(libc::SIGKILL, true)).await.map_err(sb.call_error("SignalProcess"))?;
-    match tokio::time::timeout(Duration::from_secs(10), raw.wait_process(process)).await {
-        Ok(reply) => Ok(Some(reply.map_err(sb.call_error("WaitProcess"))?.into_inner().exit_status)),
-        Err(_) => Err(SandboxError::BadReply { sandbox: sb.id.clone(), what: format!("container {id} did not exit after SIGKILL") }),
-    }
-}
-
 impl Sandbox {
     fn container<'r>(&self, record: &'r mut SandboxRecord, id: &str) -> Result<&'r mut ContainerRecord, SandboxError> {
         record.containers.get_mut(id).ok_or_else(|| SandboxError::ContainerNotFound { sandbox: self.id.clone(), id: id.to_owned() })
     }
 
     /// Locks, checks the sandbox allows container work, and returns the record and agent.
-    async fn live(&self, action: &'static str) -> Result<(super::lock::SandboxLock, SandboxRecord, AgentClient), SandboxError> {
+    async fn live(&self, action: &'static str) -> Result<(SandboxLock, SandboxRecord, AgentClient), SandboxError> {
         let (lock, record) = self.locked().await?;
         require_sandbox(&self.id, record.state, LIVE, action)?;
         let agent = self.agent(&record).await?;
         Ok((lock, record, agent))
-    }
-
-    /// Refreshes a container's state from the agent (its process may have exited).
-    pub(crate) async fn refresh(&self, agent: &AgentClient, record: &mut SandboxRecord, id: &str) -> Result<ContainerState, SandboxError> {
-        let c = self.container(record, id)?;
-        if c.state == Stopped {
-            return Ok(Stopped);
-        }
-        let reply = agent
-            .raw()
-            .status_process(pb::ProcessRef { container_id: id.to_owned(), exec_id: String::new() })
-            .await
-            .map_err(self.call_error("StatusProcess"))?
-            .into_inner();
-        let state = ContainerState::from_agent(&reply.container_state).ok_or_else(|| SandboxError::BadReply {
-            sandbox: self.id.clone(),
-            what: format!("container state {:?}", reply.container_state),
-        })?;
-        let c = self.container(record, id)?;
-        c.state = state;
-        if reply.exited {
-            c.exit_status = Some(reply.exit_status);
-        }
-        Ok(state)
     }
 
     /// sandbox.CreateContainer(config): creates a container (not started) and adds its config
@@ -108,7 +38,7 @@ impl Sandbox {
         if record.containers.contains_key(&config.id) {
             return Err(ConfigError { field: "container.id".into(), reason: format!("{:?} is already a container of sandbox {}", config.id, self.id) }.into());
         }
-        super::lifecycle::create_in_guest(self, &agent, &record, &config).await?;
+        guest::create_container(&self.id, &agent, &record, &config).await?;
         record.config.containers.push(config.clone());
         record.containers.insert(config.id.clone(), ContainerRecord::ready());
         self.commit(&record).await?;
@@ -134,7 +64,7 @@ impl Sandbox {
         let state = self.refresh(&agent, &mut record, id).await?;
         require_container(id, state, &[Running, Paused], "stop")?;
         let timeout = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
-        let exit = match stop_in_guest(self, &agent, id, state, timeout).await {
+        let exit = match guest::stop_container(&self.id, &agent, id, state, timeout).await {
             Ok(exit) => exit,
             Err(e) if force => {
                 tracing::warn!(sandbox = %self.id, container = id, "ignoring (force): {}", crate::plugins::error_chain(&e));

@@ -1,9 +1,11 @@
 //! The [`Sandbox`] handle: what every operation shares (the lock, the record, the agent
 //! connection) and the seed's Sandbox Operation API.
 
+use super::context::RuntimeContext;
+use super::guest;
 use super::lock::{try_claim, SandboxLock};
 use super::record::SandboxRecord;
-use super::runtime::Inner;
+use super::state::ContainerState;
 use super::{blocking, SandboxConfig, SandboxError, SandboxState};
 use crate::agent::{connect_claimed, parse_endpoints, AgentClient, AgentError};
 use plugin_api::hypervisor::HypervisorHandle;
@@ -37,7 +39,7 @@ struct AgentConn {
 /// A handle on one sandbox. It holds no lock between calls: other handles, in this process or
 /// others, may operate on the same sandbox, and every call starts from the stored state.
 pub struct Sandbox {
-    pub(crate) rt: Arc<Inner>,
+    pub(crate) rt: Arc<RuntimeContext>,
     pub(crate) id: String,
     snapshot: Mutex<SandboxRecord>,
     agent: tokio::sync::Mutex<Option<AgentConn>>,
@@ -59,7 +61,7 @@ impl Drop for Sandbox {
 }
 
 impl Sandbox {
-    pub(crate) fn new(rt: Arc<Inner>, record: SandboxRecord) -> Sandbox {
+    pub(crate) fn new(rt: Arc<RuntimeContext>, record: SandboxRecord) -> Sandbox {
         Sandbox {
             id: record.config.id.clone(),
             rt,
@@ -132,7 +134,12 @@ impl Sandbox {
 
     /// Maps a failed agent call.
     pub(crate) fn call_error(&self, method: &'static str) -> impl Fn(tonic::Status) -> SandboxError + '_ {
-        super::call_error(&self.id, method)
+        guest::call_error(&self.id, method)
+    }
+
+    /// Refreshes container `id`'s recorded state from the agent ([`guest::refresh_container`]).
+    pub(crate) async fn refresh(&self, agent: &AgentClient, record: &mut SandboxRecord, id: &str) -> Result<ContainerState, SandboxError> {
+        guest::refresh_container(&self.id, agent, record, id).await
     }
 
     /// The agent client of the VM's current boot: claims a free agent channel (each host
@@ -142,7 +149,7 @@ impl Sandbox {
             return Ok(c.client.clone());
         }
         // A VM that is not running cannot answer: say so now rather than after the timeout.
-        let vm_status = super::status::vm_status(&self.rt, record).await;
+        let vm_status = self.rt.vm_status(record).await;
         if vm_status != "running" {
             return Err(SandboxError::VmNotRunning { sandbox: self.id.clone(), vm_status });
         }

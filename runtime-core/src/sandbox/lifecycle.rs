@@ -1,13 +1,14 @@
 //! The sandbox's own lifecycle: create (boot the VM, create the containers), start, stop,
 //! pause, resume and delete.
 
-use super::record::{ContainerRecord, SandboxRecord, VmRecord, SCHEMA};
-use super::runtime::Inner;
+use super::context::RuntimeContext;
+use super::guest;
 use super::handle::Sandbox;
+use super::lock::SandboxLock;
+use super::record::{ContainerRecord, SandboxRecord, VmRecord, SCHEMA};
 use super::state::{require_sandbox, ContainerState, SandboxState};
-use super::status::SandboxStatus;
-use super::{blocking, oci, ContainerConfig, SandboxConfig, SandboxError};
-use crate::agent::AgentClient;
+use super::status::{self, SandboxStatus};
+use super::{blocking, SandboxConfig, SandboxError};
 use agent_protocol::pb;
 use plugin_api::hypervisor::HypervisorConfig;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ fn now_ms() -> u64 {
 }
 
 /// CreateSandbox.
-pub(crate) async fn create(rt: &Arc<Inner>, config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+pub(crate) async fn create(rt: &Arc<RuntimeContext>, config: SandboxConfig) -> Result<Sandbox, SandboxError> {
     config.validate()?;
     let (hv, section) = rt.hypervisor()?;
     let (lock, existing) = rt.lock(&config.id, false).await?;
@@ -99,65 +100,31 @@ async fn boot(sb: &Sandbox, record: &mut SandboxRecord) -> Result<(), SandboxErr
         }
     };
     tracing::info!(sandbox = %sb.id, boot = record.vm.boot, "agent ready");
-    set_guest_time(sb, &agent).await?;
+    guest::set_time(&sb.id, &agent).await?;
     record.containers.clear();
     for c in record.config.containers.clone() {
-        create_in_guest(sb, &agent, record, &c).await?;
+        guest::create_container(&sb.id, &agent, record, &c).await?;
         record.containers.insert(c.id.clone(), ContainerRecord::ready());
     }
     Ok(())
 }
 
-/// The guest's clock starts from the emulated RTC; set it from the host's.
-async fn set_guest_time(sb: &Sandbox, agent: &AgentClient) -> Result<(), SandboxError> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let request = pb::SetGuestTimeRequest { seconds: now.as_secs() as i64, nanoseconds: now.subsec_nanos() };
-    agent.raw().set_guest_time(request).await.map_err(sb.call_error("SetGuestTime"))?;
-    Ok(())
-}
-
-/// Creates container `c` in the guest.
-pub(crate) async fn create_in_guest(
-    sb: &Sandbox,
-    agent: &AgentClient,
-    record: &SandboxRecord,
-    c: &ContainerConfig,
-) -> Result<(), SandboxError> {
-    let disk = record.config.disks.iter().find(|d| d.name == c.rootfs.disk);
-    let rootfs = pb::Storage {
-        driver: "blk".into(),
-        source: c.rootfs.disk.clone(),
-        fstype: c.rootfs.fstype.clone(),
-        options: Vec::new(),
-        read_only: disk.is_none_or(|d| d.read_only),
-        // A writable root over a read-only (shared) disk needs a layer of its own.
-        writable_layer: c.rootfs.writable && disk.is_none_or(|d| d.read_only),
-    };
-    let request = pb::CreateContainerRequest {
-        container_id: c.id.clone(),
-        oci_spec_json: serde_json::to_vec(&oci::spec(c)).unwrap_or_default(),
-        rootfs: Some(rootfs),
-    };
-    agent.raw().create_container(request).await.map_err(sb.call_error("CreateContainer"))?;
-    Ok(())
-}
-
-/// The last lines of a console log.
 /// How often a booting VM is checked for having died.
 const BOOT_WATCH: Duration = Duration::from_secs(1);
 
 /// Resolves with the VM status once the hypervisor plugin says the record's VM is `dead`.
-async fn vm_died(rt: &Inner, record: &SandboxRecord) -> String {
+async fn vm_died(rt: &RuntimeContext, record: &SandboxRecord) -> String {
     loop {
         tokio::time::sleep(BOOT_WATCH).await;
-        let status = super::status::vm_status(rt, record).await;
+        let status = rt.vm_status(record).await;
         if status == "dead" {
             return status;
         }
     }
 }
 
-pub(crate) fn console_tail(path: &Option<std::path::PathBuf>) -> String {
+/// The last lines of a console log.
+fn console_tail(path: &Option<std::path::PathBuf>) -> String {
     let Some(text) = path.as_ref().and_then(|p| std::fs::read(p).ok()) else {
         return "(no console log)".into();
     };
@@ -168,7 +135,7 @@ pub(crate) fn console_tail(path: &Option<std::path::PathBuf>) -> String {
 
 /// Stops the VM (if any), then removes the sandbox's files and record; if the VM cannot be
 /// stopped, the record stays. Used to roll back a failed create and by delete.
-async fn destroy(sb: &Sandbox, record: &SandboxRecord, lock: &super::lock::SandboxLock) -> Vec<String> {
+async fn destroy(sb: &Sandbox, record: &SandboxRecord, lock: &SandboxLock) -> Vec<String> {
     let mut problems = Vec::new();
     sb.drop_agent().await;
     if let Ok(blob) = record.vm.blob() {
@@ -258,7 +225,7 @@ impl Sandbox {
     }
 
     async fn stop_guest(&self, record: &mut SandboxRecord) -> Result<(), SandboxError> {
-        let vm_status = super::status::vm_status(&self.rt, record).await;
+        let vm_status = self.rt.vm_status(record).await;
         if vm_status != "running" && vm_status != "paused" {
             return Err(SandboxError::VmNotRunning { sandbox: self.id.clone(), vm_status });
         }
@@ -271,7 +238,7 @@ impl Sandbox {
         let timeout = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
         for (id, c) in record.containers.iter_mut() {
             if c.state != ContainerState::Stopped {
-                if let Some(status) = super::containers::stop_in_guest(self, &agent, id, c.state, timeout).await? {
+                if let Some(status) = guest::stop_container(&self.id, &agent, id, c.state, timeout).await? {
                     c.exit_status = Some(status);
                 }
             }
@@ -310,7 +277,7 @@ impl Sandbox {
     pub async fn delete(&self) -> Result<SandboxStatus, SandboxError> {
         let (lock, record) = self.locked().await?;
         require_sandbox(&self.id, record.state, &[Ready, Paused, Stopped], "delete")?;
-        let mut last = super::status::from_record(&self.rt, &record).await;
+        let mut last = status::from_record(&self.rt, &record).await;
         let problems = destroy(self, &record, &lock).await;
         if !problems.is_empty() {
             return Err(SandboxError::Io {

@@ -5,9 +5,18 @@
 //! MetadataStorage plugin ([`record`]), their VMs are processes of the hypervisor plugin, and
 //! every call on a sandbox takes its cross-process lock ([`lock`]), reloads its record, checks
 //! the state machine ([`state`]), acts, and saves.
+//!
+//! The files read bottom-up, each using only those above it: the data (`config`, `state`,
+//! `record`, `lock`, `oci`); `context`, what a runtime's sandboxes share (config, store,
+//! hypervisor plugin, lock-and-load, save, the VM's status); `guest`, the guest-side steps
+//! (agent calls on one container); `handle`, the [`Sandbox`] handle (its snapshot, agent
+//! connection and plugin calls); `status`; the operations (`lifecycle`, `containers`,
+//! `relay`, `monitor`, `hotplug`); and `runtime`, the [`Runtime`] of the management API.
 
 pub mod config;
 mod containers;
+mod context;
+mod guest;
 mod hotplug;
 mod lifecycle;
 pub mod lock;
@@ -15,13 +24,13 @@ mod monitor;
 pub mod oci;
 pub mod record;
 mod relay;
-mod runtime;
 mod handle;
+mod runtime;
 pub mod state;
 mod status;
 
 pub use config::{
-    load_sandbox_config, ContainerConfig, ProcessConfig, RootfsConfig, SandboxConfig, MAX_ID_LEN, MAX_VCPUS, MIN_MEMORY_MIB,
+    load_sandbox_config, ContainerConfig, ProcessConfig, RootfsConfig, SandboxConfig, MAX_ID_LEN, MAX_VCPUS,
 };
 pub use monitor::{Monitor, MonitorEvent};
 pub use plugin_api::hypervisor::DiskConfig;
@@ -175,11 +184,6 @@ pub enum SandboxError {
     /// A background task died.
     #[error("a runtime task failed: {0}")]
     Task(String),
-}
-
-/// Maps a failed agent call of sandbox `sandbox` to its error.
-pub(crate) fn call_error<'a>(sandbox: &'a str, method: &'static str) -> impl Fn(tonic::Status) -> SandboxError + 'a {
-    move |status| SandboxError::Agent { sandbox: sandbox.to_owned(), source: AgentError::Call { method, status } }
 }
 
 /// Runs blocking work (plugin calls, locks) off the async threads.

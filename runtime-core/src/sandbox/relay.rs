@@ -1,9 +1,9 @@
 //! The Sandbox Relay API: a process's terminal size, its signals and its standard streams.
 
-use super::containers::exec_id;
+use super::guest::{call_error, exec_id};
 use super::handle::Sandbox;
 use super::state::{require_sandbox, SandboxState};
-use super::{call_error, SandboxError};
+use super::SandboxError;
 use crate::agent::RawClient;
 use agent_protocol::pb;
 use futures::StreamExt;

@@ -1,10 +1,10 @@
 //! What Status and Stats return.
 
-use super::record::SandboxRecord;
-use super::runtime::Inner;
+use super::context::RuntimeContext;
 use super::handle::Sandbox;
-use super::state::{ContainerState, SandboxState};
-use super::{blocking, ContainerStats, SandboxError};
+use super::record::SandboxRecord;
+use super::state::{require_sandbox, ContainerState, SandboxState};
+use super::{ContainerStats, SandboxError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -103,26 +103,9 @@ pub(crate) fn container_status(record: &SandboxRecord, id: &str) -> Option<Conta
     })
 }
 
-/// What the hypervisor plugin says of the record's VM (`none` before it was created; the
-/// plugin's error as `unknown (...)`).
-pub(crate) async fn vm_status(rt: &Inner, record: &SandboxRecord) -> String {
-    match (rt.hypervisor(), record.vm.blob()) {
-        (Ok((hv, _)), Ok(blob)) if !blob.is_empty() => {
-            let hv = hv.clone();
-            match blocking(move || hv.vm_status(&blob)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => format!("unknown ({e})"),
-                Err(e) => format!("unknown ({e})"),
-            }
-        }
-        (Err(e), _) => format!("unknown ({e})"),
-        _ => "none".into(),
-    }
-}
-
 /// A status from the record, asking the hypervisor plugin about the VM.
-pub(crate) async fn from_record(rt: &Inner, record: &SandboxRecord) -> SandboxStatus {
-    let vm_status = vm_status(rt, record).await;
+pub(crate) async fn from_record(rt: &RuntimeContext, record: &SandboxRecord) -> SandboxStatus {
+    let vm_status = rt.vm_status(record).await;
     with_vm_status(record, vm_status)
 }
 
@@ -149,7 +132,7 @@ impl Sandbox {
     pub async fn status(&self) -> Result<SandboxStatus, SandboxError> {
         let (_lock, mut record) = self.locked().await?;
         let live = matches!(record.state, SandboxState::Ready | SandboxState::Running);
-        let vm = vm_status(&self.rt, &record).await;
+        let vm = self.rt.vm_status(&record).await;
         if live && vm == "running" {
             let agent = self.agent(&record).await?;
             let before: Vec<ContainerState> = record.containers.values().map(|c| c.state).collect();
@@ -166,7 +149,7 @@ impl Sandbox {
     /// sandbox.Stats(): the agent's memory and every live container's cgroup statistics.
     pub async fn stats(&self) -> Result<SandboxStats, SandboxError> {
         let (_lock, record) = self.locked().await?;
-        super::state::require_sandbox(&self.id, record.state, &[SandboxState::Ready, SandboxState::Running], "get statistics of")?;
+        require_sandbox(&self.id, record.state, &[SandboxState::Ready, SandboxState::Running], "get statistics of")?;
         let agent = self.agent(&record).await?;
         let health = agent.health().await.map_err(self.agent_error())?;
         let mut containers = Vec::new();

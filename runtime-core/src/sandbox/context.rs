@@ -1,0 +1,92 @@
+//! The runtime context every sandbox of a [`Runtime`](super::Runtime) shares: its config, the
+//! metadata store, the hypervisor plugin, and the steps on them that every operation takes
+//! (lock and load, save, ask the plugin about a VM). It knows no handle and no operation.
+
+use super::lock::SandboxLock;
+use super::record::{SandboxRecord, Store};
+use super::{blocking, SandboxError};
+use crate::config::{HypervisorSection, RuntimeConfig};
+use crate::plugins::Registry;
+use plugin_api::hypervisor::HypervisorHandle;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What every sandbox of a runtime shares.
+pub(crate) struct RuntimeContext {
+    pub config: RuntimeConfig,
+    pub store: Store,
+    pub hypervisor: Option<(Arc<HypervisorHandle>, HypervisorSection)>,
+    /// Keeps the plugin libraries loaded; dropped last.
+    _registry: Registry,
+}
+
+impl RuntimeContext {
+    /// Discovers the plugins and opens the storage and (if configured) the hypervisor.
+    pub fn open(config: RuntimeConfig) -> Result<RuntimeContext, SandboxError> {
+        let registry = Registry::discover(&config.plugins.dirs, config.plugins.include_static)?;
+        let storage = registry.open_storage(&config.storage.plugin, &config.storage.settings_json())?;
+        let hypervisor = match &config.hypervisor {
+            Some(section) => {
+                let handle = registry.open_hypervisor(&section.plugin, &section.settings_json())?;
+                Some((Arc::new(handle), section.clone()))
+            }
+            None => None,
+        };
+        let store = Store::new(Arc::new(storage));
+        Ok(RuntimeContext { config, store, hypervisor, _registry: registry })
+    }
+
+    /// The hypervisor plugin and its config section.
+    pub fn hypervisor(&self) -> Result<(&Arc<HypervisorHandle>, &HypervisorSection), SandboxError> {
+        self.hypervisor.as_ref().map(|(h, s)| (h, s)).ok_or(SandboxError::NoHypervisor)
+    }
+
+    /// `<state_dir>/sandboxes/<id>`: the console log and the agent channel claims.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.config.runtime.state_dir.join("sandboxes").join(id)
+    }
+
+    /// Takes sandbox `id`'s lock and loads its record. With `must_exist`, a missing record is
+    /// [`SandboxError::NotFound`] (and the lock file just made is removed).
+    pub async fn lock(&self, id: &str, must_exist: bool) -> Result<(SandboxLock, Option<SandboxRecord>), SandboxError> {
+        let state_dir = self.config.runtime.state_dir.clone();
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        let (lock, record) = blocking(move || -> Result<_, SandboxError> {
+            let lock = SandboxLock::acquire(&state_dir, &owned)?;
+            let record = store.load(&owned)?;
+            Ok((lock, record))
+        })
+        .await??;
+        if must_exist && record.is_none() {
+            lock.remove_file();
+            return Err(SandboxError::NotFound { id: id.to_owned() });
+        }
+        Ok((lock, record))
+    }
+
+    /// Saves a record (off the async threads).
+    pub async fn save(&self, record: &SandboxRecord) -> Result<(), SandboxError> {
+        let store = self.store.clone();
+        let record = record.clone();
+        blocking(move || store.save(&record)).await??;
+        Ok(())
+    }
+
+    /// What the hypervisor plugin says of the record's VM (`none` before it was created; the
+    /// plugin's error as `unknown (...)`).
+    pub async fn vm_status(&self, record: &SandboxRecord) -> String {
+        match (self.hypervisor(), record.vm.blob()) {
+            (Ok((hv, _)), Ok(blob)) if !blob.is_empty() => {
+                let hv = hv.clone();
+                match blocking(move || hv.vm_status(&blob)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => format!("unknown ({e})"),
+                    Err(e) => format!("unknown ({e})"),
+                }
+            }
+            (Err(e), _) => format!("unknown ({e})"),
+            _ => "none".into(),
+        }
+    }
+}
