@@ -1,10 +1,11 @@
 //! The subcommands.
 
+use crate::output::{self, Format, Table};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use plugin_api::storage::StorageHandle;
 use runtime_core::config::RuntimeConfig;
-use runtime_core::plugins::Registry;
+use runtime_core::plugins::{self, Registry};
 use std::io::Write;
 use std::path::Path;
 
@@ -38,39 +39,49 @@ pub enum StoreCommand {
 
 fn open(config_path: &Path) -> Result<(RuntimeConfig, Registry, StorageHandle)> {
     let config = RuntimeConfig::load(config_path)?;
-    let registry = Registry::discover(&config.plugins.dirs, config.plugins.include_static)?;
-    let storage = registry.open_storage(&config.storage.plugin, &config.storage.settings_json())?;
+    let plugins::Opened { registry, storage, .. } = plugins::open(&config, false)?;
     Ok((config, registry, storage))
 }
 
-fn print_plugins(registry: &Registry) {
-    println!("{:<11} {:<10} {:<8} {:<8} {:<16} SOURCE", "KIND", "NAME", "VERSION", "API", "VENDOR");
-    for p in registry.plugins() {
-        println!(
-            "{:<11} {:<10} {:<8} {:<8} {:<16} {}",
-            p.kind.name(),
-            p.name,
-            p.version,
-            p.api_version,
-            p.vendor,
-            p.source
-        );
+/// The plugins found and those refused: a table (the refused after it, one line each) or a
+/// JSON object `{"plugins": [...], "refused": [...]}`.
+fn print_plugins(registry: &Registry, format: Format) -> Result<()> {
+    let table = || {
+        let mut t = Table::new(&["KIND", "NAME", "VERSION", "API", "VENDOR", "SOURCE"]);
+        for p in registry.plugins() {
+            t.row(vec![p.kind.name().into(), p.name.clone(), p.version.clone(), p.api_version.clone(), p.vendor.clone(), p.source.to_string()]);
+        }
+        t
+    };
+    let json = || {
+        let plugins: Vec<serde_json::Value> = registry
+            .plugins()
+            .map(|p| {
+                serde_json::json!({"kind": p.kind.name(), "name": p.name, "version": p.version, "api_version": p.api_version,
+                    "vendor": p.vendor, "source": p.source.to_string()})
+            })
+            .collect();
+        let refused: Vec<serde_json::Value> =
+            registry.refused().iter().map(|r| serde_json::json!({"path": r.path, "reason": r.reason})).collect();
+        Ok(serde_json::json!({"plugins": plugins, "refused": refused}))
+    };
+    output::print(format, table, json)?;
+    if format == Format::Table {
+        for r in registry.refused() {
+            println!("refused: {}", r.reason);
+        }
     }
-    for r in registry.refused() {
-        println!("refused: {}", r.reason);
-    }
-}
-
-/// `sandboxctl plugins`
-pub fn plugins(config_path: &Path) -> Result<()> {
-    let config = RuntimeConfig::load(config_path)?;
-    let registry = Registry::discover(&config.plugins.dirs, config.plugins.include_static)?;
-    print_plugins(&registry);
     Ok(())
 }
 
+/// `sandboxctl plugins`
+pub fn plugins(config_path: &Path, format: Format) -> Result<()> {
+    let config = RuntimeConfig::load(config_path)?;
+    print_plugins(&plugins::discover(&config)?, format)
+}
+
 /// `sandboxctl store ...`
-pub fn store(config_path: &Path, cmd: StoreCommand) -> Result<()> {
+pub fn store(config_path: &Path, cmd: StoreCommand, format: Format) -> Result<()> {
     let (_, _, storage) = open(config_path)?;
     let mut out = std::io::stdout().lock();
     match cmd {
@@ -84,9 +95,14 @@ pub fn store(config_path: &Path, cmd: StoreCommand) -> Result<()> {
         },
         StoreCommand::Delete { key } => storage.delete(&key)?,
         StoreCommand::List { prefix } => {
-            for key in storage.list(&prefix)? {
-                writeln!(out, "{key}")?;
-            }
+            let keys = storage.list(&prefix)?;
+            let table = || {
+                let mut t = Table::new(&["KEY"]);
+                keys.iter().for_each(|k| t.row(vec![k.clone()]));
+                t
+            };
+            drop(out);
+            output::print(format, table, || output::json(&keys))?;
         }
     }
     Ok(())
@@ -114,7 +130,7 @@ pub fn conformance(library: &Path, plugin_config: &str) -> Result<()> {
 pub fn demo(config_path: &Path) -> Result<()> {
     let (config, registry, storage) = open(config_path)?;
     println!("Plugins (config {}):", config_path.display());
-    print_plugins(&registry);
+    print_plugins(&registry, Format::Table)?;
     let key = format!("demo/{}", std::process::id());
     let value = format!("hello from sandboxctl, pid {}", std::process::id());
     println!("\nMetadata store: plugin {:?}, settings {}", config.storage.plugin, config.storage.settings_json());

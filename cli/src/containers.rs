@@ -1,6 +1,7 @@
 //! The container subcommands: the container half of the Sandbox Operation API.
 
 use crate::attach::attach;
+use crate::output::{self, Format, Table};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use runtime_core::sandbox::{ContainerConfig, ProcessConfig, RootfsConfig, Runtime};
@@ -174,7 +175,7 @@ pub enum ContainerCommand {
 }
 
 /// Runs a container subcommand; returns the exit status to exit with.
-pub async fn run(runtime: &Runtime, cmd: ContainerCommand) -> Result<i32> {
+pub async fn run(runtime: &Runtime, cmd: ContainerCommand, format: Format) -> Result<i32> {
     use ContainerCommand::*;
     match cmd {
         Create { sandbox, id, disk, hostname, read_only_root, process } => {
@@ -217,25 +218,18 @@ pub async fn run(runtime: &Runtime, cmd: ContainerCommand) -> Result<i32> {
             runtime.fetch_sandbox(&sandbox).await?.kill_container(&id, signal, all).await?;
         }
         Ps { sandbox, id } => {
-            println!("{:>7} COMMAND", "PID");
-            for p in runtime.fetch_sandbox(&sandbox).await?.process_list_container(&id).await? {
-                println!("{:>7} {}", p.pid, p.command);
-            }
+            let list = runtime.fetch_sandbox(&sandbox).await?.process_list_container(&id).await?;
+            let table = || {
+                let mut t = Table::new(&["PID", "COMMAND"]);
+                list.iter().for_each(|p| t.row(vec![p.pid.to_string(), p.command.clone()]));
+                t
+            };
+            let json = || Ok(list.iter().map(|p| serde_json::json!({"pid": p.pid, "command": p.command})).collect());
+            output::print(format, table, json)?;
         }
         Stats { sandbox, id } => {
             let s = runtime.fetch_sandbox(&sandbox).await?.stats_container(&id).await?;
-            if let Some(cpu) = s.cpu {
-                println!("cpu      usage {} us (user {} us, system {} us)", cpu.usage_usec, cpu.user_usec, cpu.system_usec);
-            }
-            if let Some(m) = s.memory {
-                println!("memory   {} bytes (limit {})", m.usage_bytes, m.limit_bytes);
-            }
-            if let Some(p) = s.pids {
-                println!("pids     {} (limit {})", p.current, p.limit);
-            }
-            for n in s.network {
-                println!("net {:<4} rx {} B, tx {} B", n.interface, n.rx_bytes, n.tx_bytes);
-            }
+            output::print(format, || crate::stats::table(&s), || Ok(crate::stats::json(&s)))?;
         }
         Status { sandbox, id } => {
             let status = runtime.fetch_sandbox(&sandbox).await?.status_container(&id).await?;

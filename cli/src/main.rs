@@ -4,8 +4,10 @@
 mod attach;
 mod commands;
 mod containers;
+mod output;
 mod sandboxes;
 mod signals;
+mod stats;
 mod tty;
 
 use anyhow::Result;
@@ -27,6 +29,12 @@ struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, env = "SANDBOX_LOG", default_value = "warn")]
     log: tracing::level_filters::LevelFilter,
+    /// How listings (list, plugins, store list, container ps, container stats) are printed.
+    #[arg(long, short, global = true, value_enum, default_value_t)]
+    output: output::Format,
+    /// The same as `--output json`.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,7 +112,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(cli.log).init();
+    let colour = error_report::wants_colour(&std::io::stderr());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(colour).with_max_level(cli.log).init();
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -116,14 +125,15 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     let done = |r: Result<()>| r.map(|()| 0);
+    let format = if cli.json { output::Format::Json } else { cli.output };
     match cli.command {
-        Command::Plugins => done(commands::plugins(&cli.config)),
-        Command::Store(cmd) => done(commands::store(&cli.config, cmd)),
+        Command::Plugins => done(commands::plugins(&cli.config, format)),
+        Command::Store(cmd) => done(commands::store(&cli.config, cmd, format)),
         Command::Conformance { library, plugin_config } => done(commands::conformance(&library, &plugin_config)),
         Command::Demo => done(commands::demo(&cli.config)),
         command => {
             let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let result = tokio.block_on(sandbox_command(&cli.config, command));
+            let result = tokio.block_on(sandbox_command(&cli.config, command, format));
             // A read of our stdin may still block a thread (interactive exec): do not wait for it.
             tokio.shutdown_background();
             result
@@ -131,13 +141,13 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-async fn sandbox_command(config: &std::path::Path, command: Command) -> Result<i32> {
+async fn sandbox_command(config: &std::path::Path, command: Command, format: output::Format) -> Result<i32> {
     let runtime = runtime_core::sandbox::Runtime::from_file(config).map_err(anyhow::Error::from_boxed)?;
     let done = |r: Result<()>| r.map(|()| 0);
     match command {
         Command::Create { file } => done(sandboxes::create(&runtime, file).await),
         Command::Run(args) => sandboxes::run(&runtime, args).await,
-        Command::List => done(sandboxes::list(&runtime).await),
+        Command::List => done(sandboxes::list(&runtime, format).await),
         Command::Status { id } => done(sandboxes::status(&runtime, &id).await),
         Command::Start { id } => done(sandboxes::start(&runtime, &id).await),
         Command::Stop { id, force } => done(sandboxes::stop(&runtime, &id, force).await),
@@ -145,7 +155,7 @@ async fn sandbox_command(config: &std::path::Path, command: Command) -> Result<i
         Command::Pause { id } => done(sandboxes::pause(&runtime, &id, true).await),
         Command::Resume { id } => done(sandboxes::pause(&runtime, &id, false).await),
         Command::Console { id } => done(sandboxes::console(&runtime, &id).await),
-        Command::Container(cmd) => containers::run(&runtime, cmd).await,
+        Command::Container(cmd) => containers::run(&runtime, cmd, format).await,
         Command::Plugins | Command::Store(_) | Command::Conformance { .. } | Command::Demo => anyhow::bail!("not a sandbox command"),
     }
 }

@@ -1,6 +1,7 @@
 //! The sandbox subcommands: the Sandbox Management API on the command line.
 
 use crate::attach::attach;
+use crate::output::{self, Format, Table};
 use anyhow::{Context, Result};
 use clap::Args;
 use runtime_core::sandbox::{load_sandbox_config, Runtime, SandboxStatus};
@@ -62,13 +63,17 @@ pub async fn run(runtime: &Runtime, args: RunArgs) -> Result<i32> {
 }
 
 /// `sandboxctl list`
-pub async fn list(runtime: &Runtime) -> Result<()> {
-    println!("{:<24} {:<8} {:<8} {:<10} CONTAINERS", "ID", "STATE", "VM", "HYPERVISOR");
-    for s in runtime.list_sandboxes().await? {
-        let containers: Vec<String> = s.containers.iter().map(|c| format!("{}:{}", c.id, c.state)).collect();
-        println!("{:<24} {:<8} {:<8} {:<10} {}", s.id, s.state, s.vm_status, s.hypervisor, containers.join(","));
-    }
-    Ok(())
+pub async fn list(runtime: &Runtime, format: Format) -> Result<()> {
+    let sandboxes = runtime.list_sandboxes().await?;
+    let table = || {
+        let mut t = Table::new(&["ID", "STATE", "VM", "HYPERVISOR", "CONTAINERS"]);
+        for s in &sandboxes {
+            let containers: Vec<String> = s.containers.iter().map(|c| format!("{}:{}", c.id, c.state)).collect();
+            t.row(vec![s.id.clone(), s.state.to_string(), s.vm_status.clone(), s.hypervisor.clone(), containers.join(",")]);
+        }
+        t
+    };
+    output::print(format, table, || output::json(&sandboxes))
 }
 
 /// `sandboxctl status ID`

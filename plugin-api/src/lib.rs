@@ -34,6 +34,7 @@ pub mod manifest;
 pub mod module;
 pub mod payload;
 pub mod proxy;
+pub mod settings;
 pub mod shim;
 pub mod storage;
 #[doc(hidden)]

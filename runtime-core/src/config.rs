@@ -22,7 +22,8 @@
 //! [runtime]
 //! state_dir = "/run/sandbox-runtime"           # locks and console logs, per sandbox
 //! boot_timeout_s = 120                         # from VM start to the agent answering
-//! stop_timeout_s = 10                          # SIGTERM to SIGKILL when stopping containers
+//! stop_timeout_s = 0                           # stopping a container: SIGKILL at once (Kata's
+//!                                              # rule); N > 0: SIGTERM, N s to exit, then SIGKILL
 //! ```
 
 use serde::Deserialize;
@@ -134,6 +135,22 @@ fn default_memory() -> u64 {
 }
 
 impl HypervisorSection {
+    /// Checks that `kernel` and `initrd` are files, before a sandbox is created; the error
+    /// names the config `file`, the key and the path. (Loading the config does not check them:
+    /// commands that need no VM work before the guest image is built.)
+    pub fn check_files(&self, file: &Path) -> Result<(), ConfigError> {
+        let check = |key: &'static str, path: &Path| match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err(ConfigError::Invalid { path: file.to_owned(), key, reason: format!("{} is not a file", path.display()) }),
+            Err(e) => Err(ConfigError::Invalid { path: file.to_owned(), key, reason: format!("{}: {e}", path.display()) }),
+        };
+        check("hypervisor.kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check("hypervisor.initrd", initrd)?;
+        }
+        Ok(())
+    }
+
     /// The plugin's settings as the JSON object handed to it.
     pub fn settings_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.settings).unwrap_or_default()
@@ -150,7 +167,10 @@ pub struct RuntimeSection {
     /// Seconds from starting a VM to its agent answering.
     #[serde(default = "default_boot_timeout")]
     pub boot_timeout_s: u64,
-    /// Seconds a container gets between SIGTERM and SIGKILL when it is stopped.
+    /// Seconds a container gets between SIGTERM and SIGKILL when it is stopped (StopContainer,
+    /// StopSandbox, DeleteSandbox). 0, the default, sends SIGKILL to all its processes at
+    /// once, as Kata 1.x's container stop does: a shell as PID 1 ignores SIGTERM, so a grace
+    /// period would only make it wait.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_s: u64,
 }
@@ -164,7 +184,7 @@ fn default_boot_timeout() -> u64 {
 }
 
 fn default_stop_timeout() -> u64 {
-    10
+    0
 }
 
 impl Default for RuntimeSection {
@@ -188,6 +208,10 @@ pub struct RuntimeConfig {
     /// `[runtime]`.
     #[serde(default)]
     pub runtime: RuntimeSection,
+    /// The file this config was read from (for messages; relative paths in it were resolved
+    /// against its directory).
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 impl RuntimeConfig {
@@ -201,15 +225,17 @@ impl RuntimeConfig {
 
     /// Parses config text; `path` is used for messages and relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
-        })?;
+        let mut config: Self =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: crate::parse_error::toml(text, &e) })?;
+        config.file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let invalid = |key, reason: String| ConfigError::Invalid { path: path.to_owned(), key, reason };
         if config.storage.plugin.trim().is_empty() {
             return Err(invalid("storage.plugin", "is empty; name a storage plugin".into()));
         }
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Paths are resolved against the file's directory made absolute, so that what a
+        // command prints later (status, console logs) does not depend on where it ran.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         for dir in &mut config.plugins.dirs {
             if dir.as_os_str().is_empty() {
                 return Err(invalid("plugins.dirs", "holds an empty path".into()));
@@ -283,6 +309,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<RuntimeConfig, String> {
         RuntimeConfig::parse(text, Path::new("/etc/rt/config.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn paths_of_a_config_given_by_a_relative_path_are_absolute() {
+        let c = RuntimeConfig::parse("[storage]\nplugin = 'fs'\npath = 'meta'\n[runtime]\nstate_dir = 'state'\n", Path::new("rel/config.toml"))
+            .expect("config");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(c.runtime.state_dir, cwd.join("rel/state"));
+        assert_eq!(c.storage.settings_json(), serde_json::json!({"path": cwd.join("rel/meta")}));
+        assert_eq!(c.file, cwd.join("rel/config.toml"));
+    }
+
+    #[test]
+    fn a_toml_error_is_one_line_naming_the_file_and_place() {
+        let e = RuntimeConfig::parse("[storage]\nplugin = 'fs'\n[runtime]\nstop_timeout = 3\n", Path::new("/etc/rt/config.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid config file /etc/rt/config.toml: line 4, column 1 (`stop_timeout = 3`): unknown field `stop_timeout`, expected one of `state_dir`, `boot_timeout_s`, `stop_timeout_s`"
+        );
     }
 
     #[test]

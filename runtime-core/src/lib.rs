@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod config;
+mod parse_error;
 pub mod plugins;
 pub mod sandbox;
 

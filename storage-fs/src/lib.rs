@@ -34,8 +34,7 @@ impl Plugin for FsPlugin {
     const VENDOR: &'static str = "sandbox-runtime";
 
     fn new_storage(config: &[u8]) -> Result<impl plugin_api::storage::Storage, PluginError> {
-        let config: FsConfig = serde_json::from_slice(config)
-            .map_err(|e| PluginError::invalid_input(format!("storage-fs config: {e}")))?;
+        let config: FsConfig = plugin_api::settings::parse("storage-fs config", config)?;
         FsStorage::open(&config.path)
     }
 }

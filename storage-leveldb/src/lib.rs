@@ -36,8 +36,7 @@ impl Plugin for LevelDbPlugin {
     const VENDOR: &'static str = "sandbox-runtime";
 
     fn new_storage(config: &[u8]) -> Result<impl plugin_api::storage::Storage, PluginError> {
-        let config: LevelDbConfig = serde_json::from_slice(config)
-            .map_err(|e| PluginError::invalid_input(format!("storage-leveldb config: {e}")))?;
+        let config: LevelDbConfig = plugin_api::settings::parse("storage-leveldb config", config)?;
         LevelDbStorage::open(&config.path)
     }
 }

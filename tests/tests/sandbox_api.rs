@@ -9,7 +9,7 @@
 
 use integration_tests::sandbox::{container, sandbox, Hypervisor, TestRuntime};
 use runtime_core::sandbox::{
-    ContainerState, MonitorEvent, OutputReader, ProcessConfig, SandboxError, SandboxState, StateError,
+    ContainerState, MonitorEvent, OutputReader, ProcessConfig, SandboxError, SandboxState, SandboxStatus, StateError,
 };
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -88,10 +88,15 @@ async fn every_operation_on_one_sandbox(hv: Hypervisor) {
     assert!(status.containers.iter().all(|c| c.state == ContainerState::Ready), "{status:?}");
     let e = state_error(sb.pause_container("c1").await.unwrap_err());
     assert!(e.to_string().contains("it is ready"), "{e}");
+    // As Kata: a container starts only in a running sandbox.
+    let e = state_error(sb.start_container("c1").await.unwrap_err());
+    assert_eq!(e.to_string(), "cannot start a container in sandbox api: it is ready (allowed when running)");
 
     // Start: both containers run; a running sandbox cannot be deleted.
     sb.start().await.expect("Start");
     assert_eq!(sb.state(), SandboxState::Running);
+    let e = state_error(sb.start().await.unwrap_err());
+    assert_eq!(e.to_string(), "cannot start sandbox api: it is running (allowed when ready or stopped)");
     let e = state_error(sb.delete().await.unwrap_err());
     assert_eq!(e.to_string(), "cannot delete sandbox api: it is running (allowed when ready or paused or stopped)");
     let e = state_error(sb.start_container("c2").await.unwrap_err());
@@ -163,6 +168,16 @@ async fn every_operation_on_one_sandbox(hv: Hypervisor) {
     assert!(matches!(sb.status_container("c3").await.unwrap_err(), SandboxError::ContainerNotFound { .. }));
     assert!(state_error(sb.delete_container("c2").await.unwrap_err()).to_string().contains("it is running"));
 
+    // As Kata: a ready container can be signalled, and stopping it kills it (SIGKILL).
+    sb.create_container(container("c4", "echo never")).await.expect("CreateContainer c4");
+    sb.kill_container("c4", libc::SIGKILL, true).await.expect("KillContainer on a ready container");
+    assert_eq!(sb.wait_process("c4", "c4").await.expect("wait c4"), 128 + libc::SIGKILL);
+    sb.delete_container("c4").await.expect("DeleteContainer c4");
+    sb.create_container(container("c5", "echo never")).await.expect("CreateContainer c5");
+    let c5 = sb.stop_container("c5", false).await.expect("StopContainer on a ready container");
+    assert_eq!((c5.state, c5.exit_status), (ContainerState::Stopped, Some(128 + libc::SIGKILL)), "{c5:?}");
+    sb.delete_container("c5").await.expect("DeleteContainer c5");
+
     // KillContainer (the first process only) and StopContainer (SIGTERM, handled: exit 143).
     let sleeper = sb.enter_container("c2", ProcessConfig::new(["sleep", "1000"])).await.expect("exec sleep");
     let mut c2_out = sb.io_stream("c2", "c2").await.expect("IOStream c2");
@@ -171,7 +186,8 @@ async fn every_operation_on_one_sandbox(hv: Hypervisor) {
     let c2 = sb.stop_container("c2", false).await.expect("StopContainer");
     assert_eq!((c2.state, c2.exit_status), (ContainerState::Stopped, Some(143)), "{c2:?}");
     assert_eq!(sb.wait_process("c2", &sleeper.token).await.expect("wait sleeper"), 128 + libc::SIGKILL, "the pid namespace went with its init");
-    assert!(state_error(sb.stop_container("c2", false).await.unwrap_err()).to_string().contains("it is stopped"));
+    let again = sb.stop_container("c2", false).await.expect("StopContainer on a stopped container does nothing");
+    assert_eq!((again.state, again.exit_status), (ContainerState::Stopped, Some(143)));
     assert!(state_error(sb.kill_container("c2", libc::SIGTERM, false).await.unwrap_err()).to_string().contains("it is stopped"));
 
     // The hotplug table: guest network works, device hotplug is not supported yet.
@@ -198,6 +214,7 @@ async fn every_operation_on_one_sandbox(hv: Hypervisor) {
 
     // Stop: containers destroyed, VM stopped; then Start again from stopped: a fresh VM.
     sb.stop(false).await.expect("Stop");
+    sb.stop(false).await.expect("as Kata (since 1.5): stopping a stopped sandbox does nothing");
     let status = rt.status_sandbox("api").await.expect("status stopped");
     assert_eq!((status.state, status.vm_status.as_str()), (SandboxState::Stopped, "stopped"));
     assert_eq!(t.vm_pid("api"), None);
@@ -205,6 +222,20 @@ async fn every_operation_on_one_sandbox(hv: Hypervisor) {
     let sb = rt.start_sandbox("api").await.expect("StartSandbox from stopped");
     let mut io = sb.io_stream("c1", "c1").await.expect("IOStream after restart");
     read_until(&mut io.stdout, "hello from c1").await;
+
+    // Sandbox pause freezes the running containers; resume runs them again, but not one
+    // paused on its own.
+    sb.pause_container("c2").await.expect("PauseContainer c2");
+    sb.pause().await.expect("pause with running containers");
+    let states = |s: SandboxStatus| s.containers.iter().map(|c| (c.id.clone(), c.state)).collect::<Vec<_>>();
+    let paused = states(sb.status().await.expect("status paused"));
+    assert_eq!(paused, [("c1".to_owned(), ContainerState::Paused), ("c2".to_owned(), ContainerState::Paused)]);
+    let e = state_error(sb.resume_container("c2").await.unwrap_err());
+    assert!(e.to_string().contains("it is paused (allowed when running)"), "{e}");
+    sb.resume().await.expect("resume");
+    let resumed = states(sb.status().await.expect("status resumed"));
+    assert_eq!(resumed, [("c1".to_owned(), ContainerState::Running), ("c2".to_owned(), ContainerState::Paused)]);
+    sb.resume_container("c2").await.expect("ResumeContainer c2");
 
     // KillContainer --all on the restarted c1; StopSandbox; sandbox.Delete().
     sb.kill_container("c1", libc::SIGKILL, true).await.expect("KillContainer --all");
@@ -300,15 +331,25 @@ async fn a_vm_that_dies_while_booting_fails_create_at_once(hv: Hypervisor) {
     std::fs::write(&garbage, vec![0x5a; 4096]).expect("writing a garbage initramfs");
     let broken = integration_tests::qemu::GuestImage { initramfs: garbage, ..image.clone() };
     let t = TestRuntime::on(&broken, hv);
-    match t.runtime.create_sandbox(sandbox("dying", &broken, vec![])).await {
-        Err(SandboxError::BootDied { vm_status, console, .. }) => {
-            assert_eq!(vm_status, "dead");
-            assert!(console.contains("Kernel panic"), "the console shows why: {console}");
+    // In the nested L1 an L2 guest now and then triple-faults before its first console line
+    // (docs/MACHINE-FACTS.md); that boot died too, but shows no panic: try once more.
+    for attempt in 1..=2 {
+        let id = format!("dying{attempt}");
+        match t.runtime.create_sandbox(sandbox(&id, &broken, vec![])).await {
+            Err(SandboxError::BootDied { vm_status, console, .. }) => {
+                assert_eq!(vm_status, "dead");
+                t.assert_nothing_left(&id);
+                if console.trim().is_empty() && hv == Hypervisor::Kvm && attempt == 1 {
+                    eprintln!("the first VM died before writing to its console (the nested L1's early triple fault): again");
+                    continue;
+                }
+                assert!(console.contains("Kernel panic"), "the console shows why: {console}");
+                return;
+            }
+            Err(other) => panic!("expected BootDied, got {other}"),
+            Ok(_) => panic!("a guest without an init booted"),
         }
-        Err(other) => panic!("expected BootDied, got {other}"),
-        Ok(_) => panic!("a guest without an init booted"),
     }
-    t.assert_nothing_left("dying");
 }
 
 async fn monitor_reports_a_vm_killed_with_sigkill(hv: Hypervisor) {

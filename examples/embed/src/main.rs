@@ -22,7 +22,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::WARN).init();
+    let colour = error_report::wants_colour(&std::io::stderr());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(colour).with_max_level(tracing::Level::WARN).init();
     if let Err(e) = run().await {
         eprintln!("error: {}", runtime_core::plugins::error_chain(&*e));
         std::process::exit(1);

@@ -91,7 +91,7 @@ pub enum RegistryError {
         second: PluginSource,
     },
     /// The config names a plugin nobody provides.
-    #[error("no {kind} plugin named {name:?}; available: {available}")]
+    #[error("no {kind} plugin named {name:?}; available: {available}{refused}")]
     Unknown {
         /// The kind.
         kind: PluginKind,
@@ -99,6 +99,9 @@ pub enum RegistryError {
         name: String,
         /// The names there are, comma-separated, or "none".
         available: String,
+        /// The libraries discovery refused (`; refused: PATH: REASON`), where there were some:
+        /// the one asked for may be among them.
+        refused: String,
     },
     /// The plugin failed to create an instance.
     #[error("{kind} plugin {name:?} failed to start")]
@@ -197,7 +200,9 @@ impl Registry {
 
     fn refuse(&mut self, path: PathBuf, e: &RegistryError) {
         let reason = error_chain(e);
-        tracing::warn!("{reason}");
+        // Not a warning: `sandboxctl plugins` lists the refused, and an unknown plugin's
+        // error names them, so the fact is told once, where it matters.
+        tracing::info!("{reason}");
         self.refused.push(Refused { path, reason });
     }
 
@@ -246,6 +251,7 @@ impl Registry {
                 kind,
                 name: name.to_owned(),
                 available: if names.is_empty() { "none".to_owned() } else { names.join(", ") },
+                refused: self.refused.iter().map(|r| format!("; refused: {}", r.reason)).collect(),
             }
         })
     }

@@ -131,6 +131,14 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// Checks OCI `linux.resources` given as `field`; the error names the key at fault.
+pub fn resources_field(field: &str, resources: &serde_json::Value) -> Result<(), ConfigError> {
+    super::resources::check(resources).map_err(|e| {
+        let at = if e.path.is_empty() { field.to_owned() } else { format!("{field}.{}", e.path) };
+        invalid(at, e.reason)
+    })
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError { field: field.into(), reason: reason.into() }
 }
@@ -213,9 +221,7 @@ impl ContainerConfig {
             (None, None) => return Err(invalid(format!("{field}.process"), "is missing (give process or oci_spec)")),
         }
         if let Some(r) = &self.resources {
-            if !r.is_object() {
-                return Err(invalid(format!("{field}.resources"), "must be an object (OCI linux.resources)"));
-            }
+            resources_field(&format!("{field}.resources"), r)?;
         }
         Ok(())
     }
@@ -242,11 +248,14 @@ pub fn load_sandbox_config(path: &std::path::Path) -> Result<SandboxConfig, Conf
     let field = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| invalid(&field, format!("cannot be read: {e}")))?;
     let mut config: SandboxConfig = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).map_err(|e| invalid(&field, e.to_string()))?
+        serde_json::from_str(&text).map_err(|e| invalid(&field, crate::parse_error::json(&e)))?
     } else {
-        toml::from_str(&text).map_err(|e| invalid(&field, e.to_string().lines().map(str::trim).collect::<Vec<_>>().join(" ")))?
+        toml::from_str(&text).map_err(|e| invalid(&field, crate::parse_error::toml(&text, &e)))?
     };
-    config.resolve_paths(path.parent().unwrap_or(std::path::Path::new(".")));
+    // Against the file's directory made absolute: the record keeps these paths, and status
+    // prints them wherever it runs.
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    config.resolve_paths(absolute.parent().unwrap_or(std::path::Path::new("/")));
     Ok(config)
 }
 

@@ -1,20 +1,21 @@
 //! The container half of the Sandbox Operation API.
 
-use super::config::ConfigError;
+use super::config::{resources_field, ConfigError};
 use super::guest::{self, cref, exec_id};
 use super::handle::{Process, Sandbox};
 use super::lock::SandboxLock;
 use super::record::{ContainerRecord, ProcessRecord, SandboxRecord};
-use super::state::{require_container, require_sandbox, ContainerState, SandboxState};
+use super::rules::{self, Rule};
+use super::state::{ContainerState, SandboxState};
 use super::status::{container_status, ContainerStatus};
 use super::{oci, ContainerConfig, ContainerStats, ProcessConfig, ProcessInfo, SandboxError};
 use crate::agent::AgentClient;
 use agent_protocol::pb;
 use std::time::Duration;
 
-use ContainerState::{Paused, Ready, Running, Stopped};
+use ContainerState::{Paused, Running, Stopped};
 
-/// Sandbox states in which containers can be operated on.
+/// Sandbox states in which the agent answers.
 const LIVE: &[SandboxState] = &[SandboxState::Ready, SandboxState::Running];
 
 impl Sandbox {
@@ -22,18 +23,25 @@ impl Sandbox {
         record.containers.get_mut(id).ok_or_else(|| SandboxError::ContainerNotFound { sandbox: self.id.clone(), id: id.to_owned() })
     }
 
-    /// Locks, checks the sandbox allows container work, and returns the record and agent.
-    async fn live(&self, action: &'static str) -> Result<(SandboxLock, SandboxRecord, AgentClient), SandboxError> {
+    /// Locks, checks the sandbox's state against `rule`, and returns the record and agent.
+    async fn live(&self, rule: &Rule) -> Result<(SandboxLock, SandboxRecord, AgentClient), SandboxError> {
         let (lock, record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, LIVE, action)?;
+        rule.check_sandbox(&self.id, record.state)?;
         let agent = self.agent(&record).await?;
         Ok((lock, record, agent))
+    }
+
+    /// Refreshes container `id` from the agent and checks its state against `rule`.
+    async fn checked(&self, rule: &Rule, agent: &AgentClient, record: &mut SandboxRecord, id: &str) -> Result<ContainerState, SandboxError> {
+        let state = self.refresh(agent, record, id).await?;
+        rule.check_container(id, state)?;
+        Ok(state)
     }
 
     /// sandbox.CreateContainer(config): creates a container (not started) and adds its config
     /// to the sandbox's. Its rootfs must be one of the sandbox's disks.
     pub async fn create_container(&self, config: ContainerConfig) -> Result<ContainerStatus, SandboxError> {
-        let (_lock, mut record, agent) = self.live("create a container in").await?;
+        let (_lock, mut record, agent) = self.live(&rules::CREATE_CONTAINER).await?;
         config.validate("container", &record.config.disks)?;
         if record.containers.contains_key(&config.id) {
             return Err(ConfigError { field: "container.id".into(), reason: format!("{:?} is already a container of sandbox {}", config.id, self.id) }.into());
@@ -47,24 +55,26 @@ impl Sandbox {
 
     /// sandbox.StartContainer(id).
     pub async fn start_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
-        let (_lock, mut record, agent) = self.live("start a container in").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Ready], "start")?;
+        let (_lock, mut record, agent) = self.live(&rules::START_CONTAINER).await?;
+        self.checked(&rules::START_CONTAINER, &agent, &mut record, id).await?;
         agent.raw().start_container(cref(id)).await.map_err(self.call_error("StartContainer"))?;
         self.container(&mut record, id)?.state = Running;
         self.commit(&record).await?;
         Ok(container_status(&record, id).expect("exists"))
     }
 
-    /// sandbox.StopContainer(id, force): SIGTERM, SIGKILL after the stop timeout. With `force`,
-    /// guest failures are ignored and the container is recorded as stopped. (A container
-    /// never started is deleted instead.)
+    /// sandbox.StopContainer(id, force): SIGKILL to all its processes, as Kata does (SIGTERM
+    /// first when `runtime.stop_timeout_s` gives a grace period); a ready container is killed
+    /// the same way, and a stopped one is left as it is. With `force`, guest failures are
+    /// ignored and the container is recorded as stopped.
     pub async fn stop_container(&self, id: &str, force: bool) -> Result<ContainerStatus, SandboxError> {
-        let (_lock, mut record, agent) = self.live("stop a container in").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Running, Paused], "stop")?;
-        let timeout = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
-        let exit = match guest::stop_container(&self.id, &agent, id, state, timeout).await {
+        let (_lock, mut record, agent) = self.live(&rules::STOP_CONTAINER).await?;
+        let state = self.checked(&rules::STOP_CONTAINER, &agent, &mut record, id).await?;
+        if state == Stopped {
+            return Ok(container_status(&record, id).expect("exists"));
+        }
+        let grace = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
+        let exit = match guest::stop_container(&self.id, &agent, id, state, grace).await {
             Ok(exit) => exit,
             Err(e) if force => {
                 tracing::warn!(sandbox = %self.id, container = id, "ignoring (force): {}", crate::plugins::error_chain(&e));
@@ -82,11 +92,18 @@ impl Sandbox {
     /// sandbox.DeleteContainer(id): removes a ready or stopped container from the guest and
     /// from the sandbox's config. Returns its last status.
     pub async fn delete_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
-        let (_lock, mut record, agent) = self.live("delete a container of").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Ready, Stopped], "delete")?;
-        let request = pb::RemoveContainerRequest { container_id: id.to_owned(), force: state == Ready };
-        agent.raw().remove_container(request).await.map_err(self.call_error("RemoveContainer"))?;
+        let (_lock, mut record) = self.locked().await?;
+        rules::DELETE_CONTAINER.check_sandbox(&self.id, record.state)?;
+        if record.state == SandboxState::Stopped {
+            // The VM is gone and its containers with it: only the config is left to remove.
+            self.container(&mut record, id)?;
+        } else {
+            let agent = self.agent(&record).await?;
+            self.checked(&rules::DELETE_CONTAINER, &agent, &mut record, id).await?;
+            // With force: a ready container's process waits, and a killed one may be gone.
+            let request = pb::RemoveContainerRequest { container_id: id.to_owned(), force: true };
+            agent.raw().remove_container(request).await.map_err(self.call_error("RemoveContainer"))?;
+        }
         let last = container_status(&record, id).expect("exists");
         record.containers.remove(id);
         record.config.containers.retain(|c| c.id != id);
@@ -97,9 +114,8 @@ impl Sandbox {
     /// sandbox.EnterContainer(id, cmd): runs a new process in a running container.
     pub async fn enter_container(&self, id: &str, cmd: ProcessConfig) -> Result<Process, SandboxError> {
         cmd.validate("cmd")?;
-        let (_lock, mut record, agent) = self.live("enter a container of").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Running], "enter")?;
+        let (_lock, mut record, agent) = self.live(&rules::ENTER_CONTAINER).await?;
+        self.checked(&rules::ENTER_CONTAINER, &agent, &mut record, id).await?;
         record.next_process += 1;
         let token = format!("{id}.{}", record.next_process);
         let request = pb::ExecProcessRequest {
@@ -116,9 +132,8 @@ impl Sandbox {
     /// sandbox.KillContainer(id, signal, all): signals the container's first process, or
     /// every process in it.
     pub async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), SandboxError> {
-        let (_lock, mut record, agent) = self.live("signal a container of").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Running, Paused], "signal")?;
+        let (_lock, mut record, agent) = self.live(&rules::KILL_CONTAINER).await?;
+        self.checked(&rules::KILL_CONTAINER, &agent, &mut record, id).await?;
         let request = pb::SignalProcessRequest { container_id: id.to_owned(), exec_id: String::new(), signal: signal as u32, all };
         agent.raw().signal_process(request).await.map_err(self.call_error("SignalProcess"))?;
         Ok(())
@@ -135,14 +150,13 @@ impl Sandbox {
     }
 
     async fn freeze(&self, id: &str, pause: bool) -> Result<ContainerStatus, SandboxError> {
-        let (_lock, mut record, agent) = self.live(if pause { "pause a container of" } else { "resume a container of" }).await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
+        let rule = if pause { &rules::PAUSE_CONTAINER } else { &rules::RESUME_CONTAINER };
+        let (_lock, mut record, agent) = self.live(rule).await?;
+        self.checked(rule, &agent, &mut record, id).await?;
         let mut raw = agent.raw();
         if pause {
-            require_container(id, state, &[Running], "pause")?;
             raw.pause_container(cref(id)).await.map_err(self.call_error("PauseContainer"))?;
         } else {
-            require_container(id, state, &[Paused], "resume")?;
             raw.resume_container(cref(id)).await.map_err(self.call_error("ResumeContainer"))?;
         }
         self.container(&mut record, id)?.state = if pause { Paused } else { Running };
@@ -152,18 +166,16 @@ impl Sandbox {
 
     /// sandbox.ProcessListContainer(id): the processes in a container.
     pub async fn process_list_container(&self, id: &str) -> Result<Vec<ProcessInfo>, SandboxError> {
-        let (_lock, mut record, agent) = self.live("list the processes of a container of").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Running, Paused], "list the processes of")?;
+        let (_lock, mut record, agent) = self.live(&rules::PS_CONTAINER).await?;
+        self.checked(&rules::PS_CONTAINER, &agent, &mut record, id).await?;
         let list = agent.raw().list_processes(cref(id)).await.map_err(self.call_error("ListProcesses"))?.into_inner();
         Ok(list.processes)
     }
 
     /// sandbox.StatsContainer(id): cgroup statistics of a container.
     pub async fn stats_container(&self, id: &str) -> Result<ContainerStats, SandboxError> {
-        let (_lock, mut record, agent) = self.live("get statistics of a container of").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Running, Paused], "get statistics of")?;
+        let (_lock, mut record, agent) = self.live(&rules::STATS_CONTAINER).await?;
+        self.checked(&rules::STATS_CONTAINER, &agent, &mut record, id).await?;
         Ok(agent.raw().stats_container(cref(id)).await.map_err(self.call_error("StatsContainer"))?.into_inner())
     }
 
@@ -183,12 +195,9 @@ impl Sandbox {
 
     /// sandbox.UpdateContainer(id, resources): new cgroup limits (OCI `linux.resources`).
     pub async fn update_container(&self, id: &str, resources: serde_json::Value) -> Result<(), SandboxError> {
-        if !resources.is_object() {
-            return Err(ConfigError { field: "resources".into(), reason: "must be an object (OCI linux.resources)".into() }.into());
-        }
-        let (_lock, mut record, agent) = self.live("update a container of").await?;
-        let state = self.refresh(&agent, &mut record, id).await?;
-        require_container(id, state, &[Ready, Running, Paused], "update")?;
+        resources_field("resources", &resources)?;
+        let (_lock, mut record, agent) = self.live(&rules::UPDATE_CONTAINER).await?;
+        self.checked(&rules::UPDATE_CONTAINER, &agent, &mut record, id).await?;
         let request = pb::UpdateContainerRequest { container_id: id.to_owned(), resources_json: serde_json::to_vec(&resources).unwrap_or_default() };
         agent.raw().update_container(request).await.map_err(self.call_error("UpdateContainer"))?;
         if let Some(c) = record.config.containers.iter_mut().find(|c| c.id == id) {
@@ -205,7 +214,7 @@ impl Sandbox {
             self.check_token(&mut record, container, token)?;
             record
         };
-        require_sandbox(&self.id, record.state, LIVE, "wait for a process in")?;
+        rules::WAIT_PROCESS.check_sandbox(&self.id, record.state)?;
         let agent = self.agent(&record).await?;
         let request = pb::ProcessRef { container_id: container.to_owned(), exec_id: exec_id(container, token) };
         let status = agent.raw().wait_process(request).await.map_err(self.call_error("WaitProcess"))?.into_inner().exit_status;

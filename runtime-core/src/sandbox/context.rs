@@ -2,11 +2,12 @@
 //! metadata store, the hypervisor plugin, and the steps on them that every operation takes
 //! (lock and load, save, ask the plugin about a VM). It knows no handle and no operation.
 
+use super::config::validate_id;
 use super::lock::SandboxLock;
 use super::record::{SandboxRecord, Store};
 use super::{blocking, SandboxError};
 use crate::config::{HypervisorSection, RuntimeConfig};
-use crate::plugins::Registry;
+use crate::plugins::{self, Registry};
 use plugin_api::hypervisor::HypervisorHandle;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,15 +24,8 @@ pub(crate) struct RuntimeContext {
 impl RuntimeContext {
     /// Discovers the plugins and opens the storage and (if configured) the hypervisor.
     pub fn open(config: RuntimeConfig) -> Result<RuntimeContext, SandboxError> {
-        let registry = Registry::discover(&config.plugins.dirs, config.plugins.include_static)?;
-        let storage = registry.open_storage(&config.storage.plugin, &config.storage.settings_json())?;
-        let hypervisor = match &config.hypervisor {
-            Some(section) => {
-                let handle = registry.open_hypervisor(&section.plugin, &section.settings_json())?;
-                Some((Arc::new(handle), section.clone()))
-            }
-            None => None,
-        };
+        let plugins::Opened { registry, storage, hypervisor } = plugins::open(&config, true)?;
+        let hypervisor = hypervisor.zip(config.hypervisor.clone()).map(|(handle, section)| (Arc::new(handle), section));
         let store = Store::new(Arc::new(storage));
         Ok(RuntimeContext { config, store, hypervisor, _registry: registry })
     }
@@ -48,7 +42,9 @@ impl RuntimeContext {
 
     /// Takes sandbox `id`'s lock and loads its record. With `must_exist`, a missing record is
     /// [`SandboxError::NotFound`] (and the lock file just made is removed).
+    /// A malformed id (`../x`) is refused before any file is touched.
     pub async fn lock(&self, id: &str, must_exist: bool) -> Result<(SandboxLock, Option<SandboxRecord>), SandboxError> {
+        validate_id("sandbox id", id)?;
         let state_dir = self.config.runtime.state_dir.clone();
         let store = self.store.clone();
         let owned = id.to_owned();

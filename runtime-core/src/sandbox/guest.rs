@@ -65,15 +65,16 @@ pub(crate) async fn create_container(
     Ok(())
 }
 
-/// Stops container `id`'s first process: SIGTERM, then after `timeout` SIGKILL to every
-/// process of the container. A container never started just gets SIGKILL (when it is
-/// removed). Returns the exit status if one was seen.
+/// Stops container `id`: SIGKILL to every process of the container, as Kata 1.x's container
+/// stop does. With a `grace` above zero (`runtime.stop_timeout_s`), the first process of a
+/// started container gets SIGTERM first and that long to exit. Returns the exit status if
+/// one was seen.
 pub(crate) async fn stop_container(
     sandbox: &str,
     agent: &AgentClient,
     id: &str,
     state: ContainerState,
-    timeout: Duration,
+    grace: Duration,
 ) -> Result<Option<i32>, SandboxError> {
     let mut raw = agent.raw();
     let process = pb::ProcessRef { container_id: id.to_owned(), exec_id: String::new() };
@@ -81,18 +82,18 @@ pub(crate) async fn stop_container(
     if status.exited {
         return Ok(Some(status.exit_status));
     }
-    if state == ContainerState::Ready {
-        return Ok(None); // removing it (with force) kills the waiting process
-    }
     if status.container_state == "paused" {
         raw.resume_container(cref(id)).await.map_err(call_error(sandbox, "ResumeContainer"))?;
     }
     let signal = |signal: i32, all: bool| pb::SignalProcessRequest { container_id: id.to_owned(), exec_id: String::new(), signal: signal as u32, all };
-    raw.signal_process(signal(libc::SIGTERM, false)).await.map_err(call_error(sandbox, "SignalProcess"))?;
-    if let Ok(reply) = tokio::time::timeout(timeout, raw.wait_process(process.clone())).await {
-        return Ok(Some(reply.map_err(call_error(sandbox, "WaitProcess"))?.into_inner().exit_status));
+    // A container never started has no handler to run: it gets no grace.
+    if !grace.is_zero() && state != ContainerState::Ready {
+        raw.signal_process(signal(libc::SIGTERM, false)).await.map_err(call_error(sandbox, "SignalProcess"))?;
+        if let Ok(reply) = tokio::time::timeout(grace, raw.wait_process(process.clone())).await {
+            return Ok(Some(reply.map_err(call_error(sandbox, "WaitProcess"))?.into_inner().exit_status));
+        }
+        tracing::info!(sandbox, container = id, "no exit {grace:?} after SIGTERM: sending SIGKILL");
     }
-    tracing::info!(sandbox, container = id, "no exit {timeout:?} after SIGTERM: sending SIGKILL");
     raw.signal_process(signal(libc::SIGKILL, true)).await.map_err(call_error(sandbox, "SignalProcess"))?;
     match tokio::time::timeout(KILL_WAIT, raw.wait_process(process)).await {
         Ok(reply) => Ok(Some(reply.map_err(call_error(sandbox, "WaitProcess"))?.into_inner().exit_status)),

@@ -3,7 +3,8 @@
 //! The guest's network table (interfaces and routes) is the agent's and works now.
 
 use super::handle::Sandbox;
-use super::state::{require_sandbox, SandboxState};
+use super::rules;
+use super::state::require_sandbox;
 use super::{Interface, Route, SandboxError};
 use agent_protocol::pb;
 use plugin_api::hypervisor::DeviceRequest;
@@ -26,7 +27,7 @@ impl Sandbox {
 
     async fn network_agent(&self, action: &'static str) -> Result<crate::agent::RawClient, SandboxError> {
         let (_lock, record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[SandboxState::Ready, SandboxState::Running], action)?;
+        require_sandbox(&self.id, record.state, rules::NETWORK.sandbox, action)?;
         Ok(self.agent(&record).await?.raw())
     }
 

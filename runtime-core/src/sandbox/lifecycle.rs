@@ -6,7 +6,8 @@ use super::guest;
 use super::handle::Sandbox;
 use super::lock::SandboxLock;
 use super::record::{ContainerRecord, SandboxRecord, VmRecord, SCHEMA};
-use super::state::{require_sandbox, ContainerState, SandboxState};
+use super::rules;
+use super::state::{ContainerState, SandboxState};
 use super::status::{self, SandboxStatus};
 use super::{blocking, SandboxConfig, SandboxError};
 use agent_protocol::pb;
@@ -27,6 +28,7 @@ fn now_ms() -> u64 {
 pub(crate) async fn create(rt: &Arc<RuntimeContext>, config: SandboxConfig) -> Result<Sandbox, SandboxError> {
     config.validate()?;
     let (hv, section) = rt.hypervisor()?;
+    section.check_files(&rt.config.file)?;
     let (lock, existing) = rt.lock(&config.id, false).await?;
     if existing.is_some() {
         return Err(SandboxError::Exists { id: config.id });
@@ -65,7 +67,8 @@ pub(crate) async fn create(rt: &Arc<RuntimeContext>, config: SandboxConfig) -> R
             Ok(sandbox)
         }
         Err(e) => {
-            tracing::warn!(sandbox = %sandbox.id, "creating the sandbox failed, removing what was made: {e}");
+            // The caller gets the error; the log says only what is done about it.
+            tracing::info!(sandbox = %sandbox.id, "creating the sandbox failed: removing what was made");
             destroy(&sandbox, &record, &lock).await;
             Err(e)
         }
@@ -169,7 +172,7 @@ impl Sandbox {
     /// sandbox gets a fresh VM and its containers are created again first.
     pub async fn start(&self) -> Result<(), SandboxError> {
         let (_lock, mut record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[Ready, Running, Stopped], "start")?;
+        rules::START.check_sandbox(&self.id, record.state)?;
         if record.state == Stopped {
             let blob = record.vm.blob()?;
             if !blob.is_empty() {
@@ -197,12 +200,16 @@ impl Sandbox {
         Ok(())
     }
 
-    /// sandbox.Stop(force): stops every container (SIGTERM, then SIGKILL after the stop
-    /// timeout), removes them from the guest and stops the VM. With `force`, failures of the
+    /// sandbox.Stop(force): stops every container (SIGKILL to all its processes; SIGTERM
+    /// first when `runtime.stop_timeout_s` gives a grace period), removes them from the guest
+    /// and stops the VM. With `force`, failures of the
     /// guest (an agent that does not answer, a container that will not die) are ignored.
     pub async fn stop(&self, force: bool) -> Result<(), SandboxError> {
         let (_lock, mut record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[Ready, Running, Paused], "stop")?;
+        rules::STOP.check_sandbox(&self.id, record.state)?;
+        if record.state == Stopped {
+            return Ok(()); // as Kata (since 1.5): stopping a stopped sandbox does nothing
+        }
         if let Err(e) = self.stop_guest(&mut record).await {
             if !force {
                 return Err(e);
@@ -215,6 +222,7 @@ impl Sandbox {
         record.vm.set_blob(&blob);
         for c in record.containers.values_mut() {
             c.state = ContainerState::Stopped;
+            c.paused_by_sandbox = false;
             c.processes.clear();
         }
         record.state = Stopped;
@@ -235,10 +243,10 @@ impl Sandbox {
             record.vm.set_blob(&blob);
         }
         let agent = self.agent(record).await?;
-        let timeout = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
+        let grace = Duration::from_secs(self.rt.config.runtime.stop_timeout_s);
         for (id, c) in record.containers.iter_mut() {
             if c.state != ContainerState::Stopped {
-                if let Some(status) = guest::stop_container(&self.id, &agent, id, c.state, timeout).await? {
+                if let Some(status) = guest::stop_container(&self.id, &agent, id, c.state, grace).await? {
                     c.exit_status = Some(status);
                 }
             }
@@ -248,26 +256,36 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Pauses the sandbox's VM (Kata's PauseSandbox).
+    /// Pauses the sandbox's VM (Kata's PauseSandbox): its running containers are recorded as
+    /// paused (ready, paused and stopped ones keep their state).
     pub async fn pause(&self) -> Result<(), SandboxError> {
         let (_lock, mut record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[Ready, Running], "pause")?;
+        rules::PAUSE.check_sandbox(&self.id, record.state)?;
         let blob = record.vm.blob()?;
         let blob = self.hv("pause", move |h| h.pause_vm(&blob)).await?;
         record.vm.set_blob(&blob);
         record.paused_from = Some(record.state);
         record.state = Paused;
+        for c in record.containers.values_mut().filter(|c| c.state == ContainerState::Running) {
+            c.state = ContainerState::Paused;
+            c.paused_by_sandbox = true;
+        }
         self.commit(&record).await
     }
 
-    /// Resumes a paused sandbox (Kata's ResumeSandbox).
+    /// Resumes a paused sandbox (Kata's ResumeSandbox): the containers its pause froze run
+    /// again; one paused on its own (PauseContainer) stays paused.
     pub async fn resume(&self) -> Result<(), SandboxError> {
         let (_lock, mut record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[Paused], "resume")?;
+        rules::RESUME.check_sandbox(&self.id, record.state)?;
         let blob = record.vm.blob()?;
         let blob = self.hv("resume", move |h| h.resume_vm(&blob)).await?;
         record.vm.set_blob(&blob);
         record.state = record.paused_from.take().unwrap_or(Running);
+        for c in record.containers.values_mut().filter(|c| c.paused_by_sandbox) {
+            c.state = ContainerState::Running;
+            c.paused_by_sandbox = false;
+        }
         self.commit(&record).await
     }
 
@@ -276,7 +294,7 @@ impl Sandbox {
     /// first. Returns its last status.
     pub async fn delete(&self) -> Result<SandboxStatus, SandboxError> {
         let (lock, record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[Ready, Paused, Stopped], "delete")?;
+        rules::DELETE.check_sandbox(&self.id, record.state)?;
         let mut last = status::from_record(&self.rt, &record).await;
         let problems = destroy(self, &record, &lock).await;
         if !problems.is_empty() {

@@ -24,7 +24,9 @@ mod monitor;
 pub mod oci;
 pub mod record;
 mod relay;
+mod resources;
 mod handle;
+pub mod rules;
 mod runtime;
 pub mod state;
 mod status;
@@ -44,7 +46,7 @@ pub use status::{ContainerStatus, ProcessStatus, SandboxStats, SandboxStatus};
 pub use agent_protocol::pb::{ContainerStats, Interface, ProcessInfo, Route};
 
 use crate::agent::{AgentError, EndpointError};
-use crate::plugins::RegistryError;
+use crate::plugins::{OpenError, RegistryError};
 use plugin_api::PluginError;
 
 /// Why a Sandbox API call failed.
@@ -53,12 +55,19 @@ pub enum SandboxError {
     /// The sandbox or container config is invalid.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The runtime config is invalid (a file it names is missing).
+    #[error(transparent)]
+    RuntimeConfig(#[from] crate::config::ConfigError),
     /// The runtime config has no `[hypervisor]` table.
     #[error("the runtime config has no [hypervisor] table: running sandboxes needs one (plugin, kernel, initrd)")]
     NoHypervisor,
     /// A plugin could not be found or started.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A plugin the runtime config names could not be found or started (the error names the
+    /// file and the table).
+    #[error(transparent)]
+    Plugins(#[from] OpenError),
     /// The metadata store failed.
     #[error(transparent)]
     Store(#[from] record::StoreError),

@@ -47,7 +47,7 @@ impl Sandbox {
     /// and the agent (its health). The watch is a task of this handle: Release ends it.
     pub async fn monitor(&self) -> Result<Monitor, SandboxError> {
         let (_lock, record) = self.locked().await?;
-        super::state::require_sandbox(&self.id, record.state, &[SandboxState::Ready, SandboxState::Running, SandboxState::Paused], "monitor")?;
+        super::rules::MONITOR.check_sandbox(&self.id, record.state)?;
         let agent = self.agent(&record).await?;
         let (hv, _) = self.rt.hypervisor()?;
         let hv = hv.clone();

@@ -64,12 +64,16 @@ pub struct ContainerRecord {
     pub exit_status: Option<i32>,
     /// Processes entered into it, by token.
     pub processes: BTreeMap<String, ProcessRecord>,
+    /// Paused by the sandbox's pause (not by PauseContainer): the sandbox's resume runs it
+    /// again.
+    #[serde(default)]
+    pub paused_by_sandbox: bool,
 }
 
 impl ContainerRecord {
     /// A container just created.
     pub fn ready() -> Self {
-        Self { state: ContainerState::Ready, exit_status: None, processes: BTreeMap::new() }
+        Self { state: ContainerState::Ready, exit_status: None, processes: BTreeMap::new(), paused_by_sandbox: false }
     }
 }
 

@@ -2,7 +2,8 @@
 
 use super::guest::{call_error, exec_id};
 use super::handle::Sandbox;
-use super::state::{require_sandbox, SandboxState};
+use super::rules;
+use super::state::require_sandbox;
 use super::SandboxError;
 use crate::agent::RawClient;
 use agent_protocol::pb;
@@ -81,7 +82,7 @@ impl OutputReader {
 impl Sandbox {
     async fn process_ref(&self, container: &str, token: &str, action: &'static str) -> Result<(RawClient, pb::ProcessRef), SandboxError> {
         let (_lock, mut record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[SandboxState::Ready, SandboxState::Running], action)?;
+        require_sandbox(&self.id, record.state, rules::RELAY.sandbox, action)?;
         self.check_token(&mut record, container, token)?;
         let agent = self.agent(&record).await?;
         Ok((agent.raw(), pb::ProcessRef { container_id: container.to_owned(), exec_id: exec_id(container, token) }))

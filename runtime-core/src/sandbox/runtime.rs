@@ -45,10 +45,19 @@ impl Runtime {
         lifecycle::create(&self.inner, config).await
     }
 
-    /// RunSandbox: CreateSandbox, then starts the containers.
+    /// RunSandbox: CreateSandbox, then starts the containers. If starting fails, the sandbox
+    /// is deleted again: a failed RunSandbox leaves nothing behind, like a failed create.
     pub async fn run_sandbox(&self, config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let sandbox = self.create_sandbox(config).await?;
-        sandbox.start().await?;
+        if let Err(e) = sandbox.start().await {
+            // The caller gets the error; the log says only what is done about it.
+            tracing::info!(sandbox = %sandbox.id(), "starting the sandbox failed: deleting it");
+            sandbox.release().await;
+            if let Err(cleanup) = self.delete_sandbox(sandbox.id()).await {
+                tracing::error!(sandbox = %sandbox.id(), "deleting the sandbox that failed to start failed too: {}", crate::plugins::error_chain(&cleanup));
+            }
+            return Err(e);
+        }
         Ok(sandbox)
     }
 

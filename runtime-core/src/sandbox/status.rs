@@ -3,7 +3,8 @@
 use super::context::RuntimeContext;
 use super::handle::Sandbox;
 use super::record::SandboxRecord;
-use super::state::{require_sandbox, ContainerState, SandboxState};
+use super::rules;
+use super::state::{ContainerState, SandboxState};
 use super::{ContainerStats, SandboxError};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -149,7 +150,7 @@ impl Sandbox {
     /// sandbox.Stats(): the agent's memory and every live container's cgroup statistics.
     pub async fn stats(&self) -> Result<SandboxStats, SandboxError> {
         let (_lock, record) = self.locked().await?;
-        require_sandbox(&self.id, record.state, &[SandboxState::Ready, SandboxState::Running], "get statistics of")?;
+        rules::STATS.check_sandbox(&self.id, record.state)?;
         let agent = self.agent(&record).await?;
         let health = agent.health().await.map_err(self.agent_error())?;
         let mut containers = Vec::new();

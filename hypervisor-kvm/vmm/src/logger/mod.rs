@@ -5,8 +5,10 @@ mod rate_limit;
 
 pub use rate_limit::RateLimit;
 
-/// Installs the log subscriber: INFO and above, to stderr. Call it after daemonizing (it
-/// starts no thread, but the daemon's stderr is the one to write to).
+/// Installs the log subscriber: INFO and above, to stderr, coloured only on a terminal (the
+/// plugin's `vmm.log` is plain text). Call it after daemonizing (it starts no thread, but the
+/// daemon's stderr is the one to write to).
 pub fn init() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(tracing::Level::INFO).init();
+    let colour = error_report::wants_colour(&std::io::stderr());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(colour).with_max_level(tracing::Level::INFO).init();
 }
