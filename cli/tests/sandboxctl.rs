@@ -12,6 +12,31 @@ fn sandboxctl(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sandboxctl")).arg("--config").arg(config).args(args).stdin(Stdio::null()).output().expect("running sandboxctl")
 }
 
+/// Runs `args` expecting exit status 1 and one line on stderr naming each of `needles`, with
+/// no panic, and the sandbox's record unchanged.
+fn refused(config: &Path, args: &[&str], needles: &[&str]) {
+    let record = || sandboxctl(config, &["store", "get", "sandbox/cli"]).stdout;
+    let before = record();
+    let out = sandboxctl(config, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "sandboxctl {args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "sandboxctl {args:?}: one line: {err}");
+    assert!(!err.contains("panicked"), "sandboxctl {args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "sandboxctl {args:?}: {n:?} not in {err}");
+    }
+    assert_eq!(record(), before, "sandboxctl {args:?} changed the record");
+}
+
+/// Runs each `container` subcommand of `cmds`, expecting the sandbox's `state` to refuse it
+/// with its action named.
+fn container_commands_refused(config: &Path, state: &str, cmds: &[(&[&str], &str)]) {
+    for (cmd, action) in cmds {
+        let args: Vec<&str> = std::iter::once("container").chain(cmd.iter().copied()).collect();
+        refused(config, &args, &[&format!("cannot {action} sandbox cli: it is {state}")]);
+    }
+}
+
 fn ok(config: &Path, args: &[&str]) -> String {
     let out = sandboxctl(config, args);
     assert!(out.status.success(), "sandboxctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -89,10 +114,75 @@ fn operator_session() {
     assert_eq!(e.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&e.stderr).contains("no sandbox nosuch"));
 
+    // Every container command with an unknown container, then the wrong states of a running
+    // sandbox and a running container.
+    for cmd in [
+        &["start", "cli", "nope"][..],
+        &["exec", "cli", "nope", "--", "true"],
+        &["attach", "cli", "nope"],
+        &["kill", "cli", "nope"],
+        &["ps", "cli", "nope"],
+        &["stats", "cli", "nope"],
+        &["status", "cli", "nope"],
+        &["pause", "cli", "nope"],
+        &["resume", "cli", "nope"],
+        &["update", "cli", "nope", "--resources", "{}"],
+        &["stop", "cli", "nope"],
+        &["delete", "cli", "nope"],
+    ] {
+        let args: Vec<&str> = std::iter::once("container").chain(cmd.iter().copied()).collect();
+        refused(&config, &args, &["sandbox cli has no container nope"]);
+    }
+    refused(&config, &["container", "create", "cli", "c1", "--", "true"], &["container.id", "already a container of sandbox cli"]);
+    refused(&config, &["container", "update", "cli", "c1", "--resources", r#"{"pids": {"max": 5}}"#], &["resources.pids.max"]);
+    refused(&config, &["start", "cli"], &["cannot start sandbox cli: it is running (allowed when ready or stopped)"]);
+    refused(&config, &["resume", "cli"], &["cannot resume sandbox cli: it is running (allowed when paused)"]);
+    refused(&config, &["container", "start", "cli", "c1"], &["cannot start container c1: it is running (allowed when ready)"]);
+    refused(&config, &["container", "resume", "cli", "c1"], &["cannot resume container c1: it is running (allowed when paused)"]);
+    refused(&config, &["container", "delete", "cli", "c1"], &["cannot delete container c1: it is running (allowed when ready or stopped)"]);
+
+    // The wrong states of a paused sandbox; its running container shows as paused.
+    ok(&config, &["pause", "cli"]);
+    let status: serde_json::Value = serde_json::from_str(&ok(&config, &["status", "cli"])).expect("status is JSON");
+    assert_eq!((&status["state"], &status["containers"][0]["state"]), (&serde_json::json!("paused"), &serde_json::json!("paused")), "{status}");
+    refused(&config, &["pause", "cli"], &["cannot pause sandbox cli: it is paused (allowed when ready or running)"]);
+    refused(&config, &["start", "cli"], &["cannot start sandbox cli: it is paused (allowed when ready or stopped)"]);
+    container_commands_refused(
+        &config,
+        "paused",
+        &[
+            (&["exec", "cli", "c1", "--", "true"], "enter a container of"),
+            (&["kill", "cli", "c1"], "signal a container of"),
+            (&["resume", "cli", "c1"], "resume a container of"),
+            (&["stop", "cli", "c1"], "stop a container in"),
+        ],
+    );
+    ok(&config, &["resume", "cli"]);
+    assert!(ok(&config, &["list"]).contains("c1:running"), "resume runs what the pause froze");
+
     // Stop kills the containers with SIGKILL (c1 would exit 0 on SIGTERM), then delete.
     ok(&config, &["stop", "cli"]);
     let status: serde_json::Value = serde_json::from_str(&ok(&config, &["status", "cli"])).expect("status is JSON");
     assert_eq!((&status["state"], &status["containers"][0]["exit_status"]), (&serde_json::json!("stopped"), &serde_json::json!(137)), "{status}");
+    ok(&config, &["stop", "cli"]); // as Kata: a stopped sandbox stops again without error
+
+    // The wrong states of a stopped sandbox.
+    refused(&config, &["pause", "cli"], &["cannot pause sandbox cli: it is stopped (allowed when ready or running)"]);
+    refused(&config, &["resume", "cli"], &["cannot resume sandbox cli: it is stopped (allowed when paused)"]);
+    container_commands_refused(
+        &config,
+        "stopped",
+        &[
+            (&["exec", "cli", "c1", "--", "true"], "enter a container of"),
+            (&["kill", "cli", "c1"], "signal a container of"),
+            (&["ps", "cli", "c1"], "list the processes of a container of"),
+            (&["stats", "cli", "c1"], "get statistics of a container of"),
+            (&["pause", "cli", "c1"], "pause a container of"),
+            (&["start", "cli", "c1"], "start a container in"),
+            (&["update", "cli", "c1", "--resources", "{}"], "update a container of"),
+            (&["create", "cli", "c9", "--", "true"], "create a container in"),
+        ],
+    );
     ok(&config, &["delete", "cli"]);
     assert_eq!(ok(&config, &["list"]).lines().count(), 1, "only the header is left");
 }

@@ -260,8 +260,8 @@ impl RuntimeConfig {
             if let Some(initrd) = &mut h.initrd {
                 relative(initrd);
             }
-            if !(1..=crate::sandbox::MAX_VCPUS).contains(&h.vcpus) {
-                return Err(invalid("hypervisor.vcpus", format!("is {}; it must be 1 to {}", h.vcpus, crate::sandbox::MAX_VCPUS)));
+            if !(1..=crate::sandbox::config::MAX_VCPUS).contains(&h.vcpus) {
+                return Err(invalid("hypervisor.vcpus", format!("is {}; it must be 1 to {}", h.vcpus, crate::sandbox::config::MAX_VCPUS)));
             }
             // The floor and ceiling are the hypervisor plugin's (create_vm names them).
             if h.memory_mib == 0 {
