@@ -83,11 +83,11 @@ pub fn plugins(config_path: &Path, format: Format) -> Result<()> {
 /// `sandboxctl store ...`
 pub fn store(config_path: &Path, cmd: StoreCommand, format: Format) -> Result<()> {
     let (_, _, storage) = open(config_path)?;
-    let mut out = std::io::stdout().lock();
     match cmd {
         StoreCommand::Put { key, value } => storage.save(&key, value.as_bytes())?,
         StoreCommand::Get { key } => match storage.load(&key)? {
             Some(value) => {
+                let mut out = std::io::stdout().lock();
                 out.write_all(&value)?;
                 writeln!(out)?;
             }
@@ -101,7 +101,6 @@ pub fn store(config_path: &Path, cmd: StoreCommand, format: Format) -> Result<()
                 keys.iter().for_each(|k| t.row(vec![k.clone()]));
                 t
             };
-            drop(out);
             output::print(format, table, || output::json(&keys))?;
         }
     }

@@ -227,15 +227,14 @@ impl RuntimeConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: Self =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: crate::parse_error::toml(text, &e) })?;
-        config.file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let invalid = |key, reason: String| ConfigError::Invalid { path: path.to_owned(), key, reason };
         if config.storage.plugin.trim().is_empty() {
             return Err(invalid("storage.plugin", "is empty; name a storage plugin".into()));
         }
         // Paths are resolved against the file's directory made absolute, so that what a
         // command prints later (status, console logs) does not depend on where it ran.
-        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let base = absolute.parent().unwrap_or(Path::new("/"));
+        config.file = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let base = config.file.parent().unwrap_or(Path::new("/")).to_owned();
         for dir in &mut config.plugins.dirs {
             if dir.as_os_str().is_empty() {
                 return Err(invalid("plugins.dirs", "holds an empty path".into()));
@@ -265,16 +264,16 @@ impl RuntimeConfig {
             }
             // The floor and ceiling are the hypervisor plugin's (create_vm names them).
             if h.memory_mib == 0 {
-                return Err(invalid("hypervisor.memory_mib", "is 0; it must be at least 1 MiB (the hypervisor plugin sets its own floor)".into()));
+                return Err(invalid("hypervisor.memory_mib", crate::sandbox::config::ZERO_MEMORY.into()));
             }
         }
         relative(&mut config.runtime.state_dir);
         if config.runtime.boot_timeout_s == 0 {
             return Err(invalid("runtime.boot_timeout_s", "is 0; it must be at least 1".into()));
         }
-        resolve_plugin_paths(&mut config.storage.settings, "storage", base).map_err(|(key, reason)| invalid(key, reason))?;
+        resolve_plugin_paths(&mut config.storage.settings, "storage", &base).map_err(|(key, reason)| invalid(key, reason))?;
         if let Some(h) = &mut config.hypervisor {
-            resolve_plugin_paths(&mut h.settings, "hypervisor", base).map_err(|(key, reason)| invalid(key, reason))?;
+            resolve_plugin_paths(&mut h.settings, "hypervisor", &base).map_err(|(key, reason)| invalid(key, reason))?;
         }
         Ok(config)
     }

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 /// Most vCPUs a sandbox may ask for.
 pub const MAX_VCPUS: u32 = 64;
+/// Why a memory size of 0 is refused: the core's only memory check (the floor and ceiling are
+/// the hypervisor plugin's, which `create_vm` names).
+pub(crate) const ZERO_MEMORY: &str = "is 0; it must be at least 1 MiB (the hypervisor plugin sets its own floor)";
 /// Longest sandbox, container or process id.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -168,7 +171,7 @@ impl SandboxConfig {
         if let Some(m) = self.memory_mib {
             // The floor and ceiling are the hypervisor plugin's (create_vm names them).
             if m == 0 {
-                return Err(invalid("memory_mib", "is 0; it must be at least 1 MiB (the hypervisor plugin sets its own floor)".to_owned()));
+                return Err(invalid("memory_mib", ZERO_MEMORY));
             }
         }
         for (i, d) in self.disks.iter().enumerate() {

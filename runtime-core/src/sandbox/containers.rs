@@ -38,6 +38,14 @@ impl Sandbox {
         Ok(state)
     }
 
+    /// [`Self::live`], then [`Self::checked`] for container `id`: what a call on one container
+    /// starts with.
+    async fn live_container(&self, rule: &Rule, id: &str) -> Result<(SandboxLock, SandboxRecord, AgentClient, ContainerState), SandboxError> {
+        let (lock, mut record, agent) = self.live(rule).await?;
+        let state = self.checked(rule, &agent, &mut record, id).await?;
+        Ok((lock, record, agent, state))
+    }
+
     /// sandbox.CreateContainer(config): creates a container (not started) and adds its config
     /// to the sandbox's. Its rootfs must be one of the sandbox's disks.
     pub async fn create_container(&self, config: ContainerConfig) -> Result<ContainerStatus, SandboxError> {
@@ -55,8 +63,7 @@ impl Sandbox {
 
     /// sandbox.StartContainer(id).
     pub async fn start_container(&self, id: &str) -> Result<ContainerStatus, SandboxError> {
-        let (_lock, mut record, agent) = self.live(&rules::START_CONTAINER).await?;
-        self.checked(&rules::START_CONTAINER, &agent, &mut record, id).await?;
+        let (_lock, mut record, agent, _) = self.live_container(&rules::START_CONTAINER, id).await?;
         agent.raw().start_container(cref(id)).await.map_err(self.call_error("StartContainer"))?;
         self.container(&mut record, id)?.state = Running;
         self.commit(&record).await?;
@@ -68,8 +75,7 @@ impl Sandbox {
     /// the same way, and a stopped one is left as it is. With `force`, guest failures are
     /// ignored and the container is recorded as stopped.
     pub async fn stop_container(&self, id: &str, force: bool) -> Result<ContainerStatus, SandboxError> {
-        let (_lock, mut record, agent) = self.live(&rules::STOP_CONTAINER).await?;
-        let state = self.checked(&rules::STOP_CONTAINER, &agent, &mut record, id).await?;
+        let (_lock, mut record, agent, state) = self.live_container(&rules::STOP_CONTAINER, id).await?;
         if state == Stopped {
             return Ok(container_status(&record, id).expect("exists"));
         }
@@ -114,8 +120,7 @@ impl Sandbox {
     /// sandbox.EnterContainer(id, cmd): runs a new process in a running container.
     pub async fn enter_container(&self, id: &str, cmd: ProcessConfig) -> Result<Process, SandboxError> {
         cmd.validate("cmd")?;
-        let (_lock, mut record, agent) = self.live(&rules::ENTER_CONTAINER).await?;
-        self.checked(&rules::ENTER_CONTAINER, &agent, &mut record, id).await?;
+        let (_lock, mut record, agent, _) = self.live_container(&rules::ENTER_CONTAINER, id).await?;
         record.next_process += 1;
         let token = format!("{id}.{}", record.next_process);
         let request = pb::ExecProcessRequest {
@@ -132,8 +137,7 @@ impl Sandbox {
     /// sandbox.KillContainer(id, signal, all): signals the container's first process, or
     /// every process in it.
     pub async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), SandboxError> {
-        let (_lock, mut record, agent) = self.live(&rules::KILL_CONTAINER).await?;
-        self.checked(&rules::KILL_CONTAINER, &agent, &mut record, id).await?;
+        let (_lock, _, agent, _) = self.live_container(&rules::KILL_CONTAINER, id).await?;
         let request = pb::SignalProcessRequest { container_id: id.to_owned(), exec_id: String::new(), signal: signal as u32, all };
         agent.raw().signal_process(request).await.map_err(self.call_error("SignalProcess"))?;
         Ok(())
@@ -151,8 +155,7 @@ impl Sandbox {
 
     async fn freeze(&self, id: &str, pause: bool) -> Result<ContainerStatus, SandboxError> {
         let rule = if pause { &rules::PAUSE_CONTAINER } else { &rules::RESUME_CONTAINER };
-        let (_lock, mut record, agent) = self.live(rule).await?;
-        self.checked(rule, &agent, &mut record, id).await?;
+        let (_lock, mut record, agent, _) = self.live_container(rule, id).await?;
         let mut raw = agent.raw();
         if pause {
             raw.pause_container(cref(id)).await.map_err(self.call_error("PauseContainer"))?;
@@ -166,16 +169,14 @@ impl Sandbox {
 
     /// sandbox.ProcessListContainer(id): the processes in a container.
     pub async fn process_list_container(&self, id: &str) -> Result<Vec<ProcessInfo>, SandboxError> {
-        let (_lock, mut record, agent) = self.live(&rules::PS_CONTAINER).await?;
-        self.checked(&rules::PS_CONTAINER, &agent, &mut record, id).await?;
+        let (_lock, _, agent, _) = self.live_container(&rules::PS_CONTAINER, id).await?;
         let list = agent.raw().list_processes(cref(id)).await.map_err(self.call_error("ListProcesses"))?.into_inner();
         Ok(list.processes)
     }
 
     /// sandbox.StatsContainer(id): cgroup statistics of a container.
     pub async fn stats_container(&self, id: &str) -> Result<ContainerStats, SandboxError> {
-        let (_lock, mut record, agent) = self.live(&rules::STATS_CONTAINER).await?;
-        self.checked(&rules::STATS_CONTAINER, &agent, &mut record, id).await?;
+        let (_lock, _, agent, _) = self.live_container(&rules::STATS_CONTAINER, id).await?;
         Ok(agent.raw().stats_container(cref(id)).await.map_err(self.call_error("StatsContainer"))?.into_inner())
     }
 
@@ -196,8 +197,7 @@ impl Sandbox {
     /// sandbox.UpdateContainer(id, resources): new cgroup limits (OCI `linux.resources`).
     pub async fn update_container(&self, id: &str, resources: serde_json::Value) -> Result<(), SandboxError> {
         resources_field("resources", &resources)?;
-        let (_lock, mut record, agent) = self.live(&rules::UPDATE_CONTAINER).await?;
-        self.checked(&rules::UPDATE_CONTAINER, &agent, &mut record, id).await?;
+        let (_lock, mut record, agent, _) = self.live_container(&rules::UPDATE_CONTAINER, id).await?;
         let request = pb::UpdateContainerRequest { container_id: id.to_owned(), resources_json: serde_json::to_vec(&resources).unwrap_or_default() };
         agent.raw().update_container(request).await.map_err(self.call_error("UpdateContainer"))?;
         if let Some(c) = record.config.containers.iter_mut().find(|c| c.id == id) {
