@@ -4,7 +4,7 @@ use crate::attach::attach;
 use crate::output::{self, Format, Table};
 use anyhow::{Context, Result};
 use clap::Args;
-use runtime_core::sandbox::{load_sandbox_config, Runtime, SandboxStatus};
+use runtime_core::sandbox::{load_sandbox_config, Runtime, SandboxError, SandboxStatus};
 use std::path::PathBuf;
 
 /// `sandboxctl run`
@@ -62,19 +62,41 @@ pub async fn run(runtime: &Runtime, args: RunArgs) -> Result<i32> {
     status
 }
 
-/// `sandboxctl list`
+/// `sandboxctl list`: the sandboxes, then the VMs under the hypervisor plugin's run directory
+/// that no record owns (state `orphan`; `sandboxctl delete ID` stops one).
 pub async fn list(runtime: &Runtime, format: Format) -> Result<()> {
     let sandboxes = runtime.list_sandboxes().await?;
+    let orphans = runtime.orphan_vms().await.unwrap_or_else(|e| {
+        tracing::warn!("looking for VMs without a sandbox record: {}", error_report::chain(&e));
+        vec![]
+    });
     let table = || {
         let mut t = Table::new(&["ID", "STATE", "VM", "HYPERVISOR", "CONTAINERS"]);
         for s in &sandboxes {
             let containers: Vec<String> = s.containers.iter().map(|c| format!("{}:{}", c.id, c.state)).collect();
             t.row(vec![s.id.clone(), s.state.to_string(), s.vm_status.clone(), s.hypervisor.clone(), containers.join(",")]);
         }
+        for o in &orphans {
+            t.row(vec![o.sandbox_id.clone(), ORPHAN.into(), o.vm_status.clone(), o.hypervisor.clone(), String::new()]);
+        }
         t
     };
-    output::print(format, table, || output::json(&sandboxes))
+    let json = || {
+        let mut rows: Vec<serde_json::Value> = sandboxes.iter().map(output::json).collect::<Result<_>>()?;
+        rows.extend(orphans.iter().map(|o| {
+            serde_json::json!({"id": o.sandbox_id, "state": ORPHAN, "vm_status": o.vm_status, "hypervisor": o.hypervisor, "containers": []})
+        }));
+        Ok(serde_json::Value::Array(rows))
+    };
+    output::print(format, table, json)?;
+    if !orphans.is_empty() && format == Format::Table {
+        eprintln!("{} VM(s) have no sandbox record (state {ORPHAN}): `sandboxctl delete ID` stops one", orphans.len());
+    }
+    Ok(())
 }
+
+/// The state `list` shows for a VM that no sandbox record owns.
+const ORPHAN: &str = "orphan";
 
 /// `sandboxctl status ID`
 pub async fn status(runtime: &Runtime, id: &str) -> Result<()> {
@@ -93,10 +115,19 @@ pub async fn stop(runtime: &Runtime, id: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// `sandboxctl delete ID`
+/// `sandboxctl delete ID`: DeleteSandbox, or, for an id without a record, stops the VM that
+/// the hypervisor plugin still has for it (an orphan that `list` shows).
 pub async fn delete(runtime: &Runtime, id: &str) -> Result<()> {
-    runtime.delete_sandbox(id).await?;
-    Ok(())
+    match runtime.delete_sandbox(id).await {
+        Err(e @ SandboxError::NotFound { .. }) => match runtime.remove_orphan_vm(id).await? {
+            Some(vm) => {
+                eprintln!("sandbox {id} had no record: stopped its {} VM (it was {}) and removed its files", vm.hypervisor, vm.vm_status);
+                Ok(())
+            }
+            None => Err(e.into()),
+        },
+        other => other.map(drop).map_err(Into::into),
+    }
 }
 
 /// `sandboxctl pause ID` / `resume ID`

@@ -186,3 +186,44 @@ fn operator_session() {
     ok(&config, &["delete", "cli"]);
     assert_eq!(ok(&config, &["list"]).lines().count(), 1, "only the header is left");
 }
+
+/// A VM whose record was lost (here deleted from the store behind the runtime's back) is not
+/// lost to the operator: `list` shows it as an orphan and `delete` stops it.
+#[test]
+fn a_vm_whose_record_was_lost_is_listed_and_deleted() {
+    let Some(image) = image_or_skip() else { return };
+    let dir = integration_tests::private_dir();
+    let config = write_config(dir.path(), &image);
+    let sandbox = dir.path().join("lost.toml");
+    std::fs::write(&sandbox, "id = 'lost'\n").expect("sandbox config");
+    ok(&config, &["create", sandbox.to_str().expect("utf-8")]);
+    let copy = std::fs::read(dir.path().join("vms/lost/vm-state.json")).expect("the plugin's copy of the VM state");
+    let copy: serde_json::Value = serde_json::from_slice(&copy).expect("JSON");
+    let pid = copy["pid"].as_i64().expect("a pid");
+    ok(&config, &["store", "delete", "sandbox/lost"]);
+
+    let out = sandboxctl(&config, &["list"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let row = stdout.lines().find(|l| l.starts_with("lost ")).unwrap_or_else(|| panic!("no row for lost: {stdout}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells, ["lost", "orphan", "running", "qemu"], "{stdout}");
+    assert!(stderr.contains("1 VM(s) have no sandbox record") && stderr.contains("sandboxctl delete ID"), "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&ok(&config, &["list", "--json"])).expect("JSON");
+    assert_eq!(listed, serde_json::json!([{"id": "lost", "state": "orphan", "vm_status": "running", "hypervisor": "qemu", "containers": []}]));
+    refused(&config, &["status", "lost"], &["no sandbox lost"]);
+
+    let out = sandboxctl(&config, &["delete", "lost"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("sandbox lost had no record: stopped its qemu VM (it was running)"), "{stderr}");
+    let gone = (0..50).any(|_| {
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        !alive
+    });
+    assert!(gone, "QEMU (pid {pid}) still runs");
+    assert!(!dir.path().join("vms/lost").exists() && !dir.path().join("state/sandboxes/lost").exists());
+    assert_eq!(ok(&config, &["list", "--json"]).trim(), "[]");
+    refused(&config, &["delete", "lost"], &["no sandbox lost"]);
+}

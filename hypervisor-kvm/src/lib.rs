@@ -6,8 +6,9 @@
 //!   `agent_ports`, `vsock`, `network` (`none`, `tap:<name>`), `stop_timeout_ms`. Unknown keys
 //!   are errors.
 //! - Each VM lives in `<run_dir>/<sandbox_id>/` (mode 0700, [`layout`]): `api.sock`, `vmm.pid`,
-//!   `vsock.sock`, `agent-<N>.sock` (one per virtio-console agent port `agent.<N>`) and
-//!   `vmm.log` (the vmm's stderr). `stop_vm` removes it; the console log is the host's and
+//!   `vsock.sock`, `agent-<N>.sock` (one per virtio-console agent port `agent.<N>`),
+//!   `vmm.log` (the vmm's stderr) and `vm-state.json` (the latest state blob, for
+//!   `list_vms`). `stop_vm` removes it; the console log is the host's and
 //!   stays.
 //! - The kernel is an ELF `vmlinux` (booted through PVH, the fast path) or a bzImage (the
 //!   fallback, booted through the Linux 64-bit boot protocol); anything else is refused.
@@ -75,6 +76,10 @@ impl VmOps for KvmConfig {
         Duration::from_millis(self.stop_timeout_ms)
     }
 
+    fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
+    }
+
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState, KvmError> {
         vm::create_vm(self, sandbox_id, config)
     }
@@ -138,11 +143,9 @@ mod tests {
             std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
-        assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            0,
-            "create_vm writes nothing in the VM dir"
-        );
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["vm-state.json"], "create_vm writes only the copy of the blob");
+        assert_eq!(std::fs::read(dir.join("vm-state.json")).unwrap(), blob);
         assert_eq!(hv.vm_status(&blob).unwrap(), "created");
         let endpoint = hv.agent_endpoint(&blob).unwrap();
         let d = dir.display();

@@ -8,6 +8,7 @@ use crate::payload::payload;
 use abi_stable::{
     sabi_trait,
     std_types::{RArc, RResult, RSlice, RStr, RString, RVec},
+    StableAbi,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -131,6 +132,36 @@ pub trait Hypervisor: Send + Sync {
     /// process is gone although nobody stopped it).
     #[sabi(last_prefix_field)]
     fn vm_status(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError>;
+
+    /// Every VM this instance finds under its run directory, live or left over, whoever
+    /// created it (added in 1.2). Plugins built against an older 1.x lack this method; for
+    /// them it answers `UNSUPPORTED`.
+    fn list_vms(&self) -> RResult<RVec<ListedVm>, PluginError> {
+        RResult::RErr(PluginError::unsupported(LIST_VMS_UNSUPPORTED))
+    }
+
+    /// Makes the VM of state blob `vm`, created by another instance of this plugin (a VM
+    /// factory's pool), the VM of `sandbox_id` under this instance's run directory; returns
+    /// its new blob (added in 1.2). Plugins built against an older 1.x lack this method; for
+    /// them it answers `UNSUPPORTED`.
+    fn adopt_vm(&self, vm: RSlice<'_, u8>, sandbox_id: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
+        let _ = (vm, sandbox_id);
+        RResult::RErr(PluginError::unsupported(ADOPT_VM_UNSUPPORTED))
+    }
+}
+
+const LIST_VMS_UNSUPPORTED: &str = "this hypervisor cannot list its VMs";
+const ADOPT_VM_UNSUPPORTED: &str = "this hypervisor cannot adopt VMs";
+
+/// A VM that [`Hypervisor::list_vms`] found: the sandbox it belongs to (its directory's name)
+/// and a state blob through which it can be asked about and stopped.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct ListedVm {
+    /// The sandbox id the VM was created for (or last adopted as).
+    pub sandbox_id: RString,
+    /// Its state blob.
+    pub vm: RVec<u8>,
 }
 
 /// A shared hypervisor trait object (the factory plugins receive one).
@@ -178,9 +209,11 @@ pub type HypervisorBox = Hypervisor_TO<'static, RArc<()>>;
 /// Which calls the host makes, in order: [`create_vm`](Self::create_vm), then
 /// [`start_vm`](Self::start_vm), then [`agent_endpoint`](Self::agent_endpoint); then
 /// [`vm_status`](Self::vm_status) whenever it needs to know, [`pause_vm`](Self::pause_vm) and
-/// [`resume_vm`](Self::resume_vm) as asked, and [`stop_vm`](Self::stop_vm) to end. The other
-/// three methods have defaults that return `UNSUPPORTED`; today's core never calls them (VM
-/// factories and device hotplug are not built yet).
+/// [`resume_vm`](Self::resume_vm) as asked, and [`stop_vm`](Self::stop_vm) to end;
+/// [`list_vms`](Self::list_vms) when it looks for VMs no record owns. The other methods have
+/// defaults that return `UNSUPPORTED`: [`adopt_vm`](Self::adopt_vm) is for VM factories,
+/// which today's core does not use yet, and the template and hotplug methods are not called
+/// yet either.
 pub trait HypervisorPlugin: Send + Sync + 'static {
     /// Creates the VM of sandbox `sandbox_id` from `config` and returns its state blob; starts
     /// nothing.
@@ -288,6 +321,35 @@ pub trait HypervisorPlugin: Send + Sync + 'static {
         Err(PluginError::unsupported("this hypervisor cannot hot-plug devices"))
     }
 
+    /// Every VM under this instance's run directory, with a state blob for each, whether its
+    /// VMM runs or it was left over (a directory whose VMM is gone): `(sandbox id, blob)`.
+    ///
+    /// The host uses it to find VMs that no sandbox record owns (a record lost with its
+    /// store, a host process killed between creating a VM and saving its record): `list` shows
+    /// them and `delete` stops them with [`stop_vm`](Self::stop_vm) on the blob given here,
+    /// which must therefore name the live process if there is one. A VM factory's server uses
+    /// it to find the pool VMs a killed server left behind. Skip what is not a VM of this
+    /// plugin; an unreadable run directory is an error (`IO`), a missing one an empty list.
+    /// The default answers `UNSUPPORTED` (the host then knows no VM besides its records).
+    fn list_vms(&self) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
+        Err(PluginError::unsupported(LIST_VMS_UNSUPPORTED))
+    }
+
+    /// Takes over the VM of state blob `vm`, which another instance of this plugin created
+    /// (with another `run_dir`: a VM factory's pool), as the VM of `sandbox_id`: moves
+    /// whatever names the VM (its directory, with the sockets in it) under this instance's
+    /// run directory as that sandbox's, and returns the new blob, through which every later
+    /// call reaches the same VMM process. The VM keeps running; its agent keeps its
+    /// connections' addresses only through the new blob's [`agent_endpoint`](Self::agent_endpoint).
+    ///
+    /// The move must be atomic (a `rename`): a caller killed half-way leaves the VM either
+    /// where it was or adopted, never both and never neither. A VM of `sandbox_id` that still
+    /// runs here is `BUSY`; a blob of another plugin is `INVALID_INPUT`. The default answers
+    /// `UNSUPPORTED` (a factory then cannot hand out pooled VMs of this plugin).
+    fn adopt_vm(&self, _vm: &[u8], _sandbox_id: &str) -> Result<Vec<u8>, PluginError> {
+        Err(PluginError::unsupported(ADOPT_VM_UNSUPPORTED))
+    }
+
     /// The addresses at which the host can reach the guest agent of the VM of state blob `vm`,
     /// comma-separated, best first. Each is one of
     ///
@@ -377,6 +439,15 @@ impl<H: HypervisorPlugin> Hypervisor for HypervisorAdapter<H> {
     fn vm_status(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError> {
         guard("vm_status", || self.0.vm_status(&vm).map(RString::from))
     }
+    fn list_vms(&self) -> RResult<RVec<ListedVm>, PluginError> {
+        guard("list_vms", || {
+            let vms = self.0.list_vms()?;
+            Ok(vms.into_iter().map(|(id, vm)| ListedVm { sandbox_id: id.into(), vm: vm.into() }).collect())
+        })
+    }
+    fn adopt_vm(&self, vm: RSlice<'_, u8>, sandbox_id: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
+        guard("adopt_vm", || out(self.0.adopt_vm(&vm, sandbox_id.as_str())))
+    }
 }
 
 /// The host's view of a hypervisor plugin instance, in plain Rust types. Every call blocks:
@@ -454,5 +525,19 @@ impl HypervisorHandle {
     pub fn vm_status(&self, vm: &[u8]) -> Result<String, PluginError> {
         let _span = self.span("vm_status");
         Ok(self.inner.vm_status(vm.into()).into_result()?.into_string())
+    }
+
+    /// See [`HypervisorPlugin::list_vms`]: `(sandbox id, state blob)` of every VM the plugin
+    /// finds under its run directory.
+    pub fn list_vms(&self) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
+        let _span = self.span("list_vms");
+        let vms = self.inner.list_vms().into_result()?;
+        Ok(vms.into_iter().map(|v| (v.sandbox_id.into_string(), v.vm.into_vec())).collect())
+    }
+
+    /// See [`HypervisorPlugin::adopt_vm`].
+    pub fn adopt_vm(&self, vm: &[u8], sandbox_id: &str) -> Result<Vec<u8>, PluginError> {
+        let _span = self.span("adopt_vm");
+        Ok(self.inner.adopt_vm(vm.into(), sandbox_id.into()).into_result()?.into_vec())
     }
 }

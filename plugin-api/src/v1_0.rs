@@ -2,19 +2,18 @@
 //!
 //! abi_stable's load-time check accepts a library whose prefix types (root module, trait
 //! vtables) have at least the fields the host knows, not fewer: a 1.0 plugin fails the check
-//! against this 1.1 core's layout although every call it lacks has a fallback. So the loader
+//! against a later core's layout although every call it lacks has a fallback. So the loader
 //! checks a 1.0 plugin against these 1.0 definitions instead, then uses it through the current
 //! types. That is sound because 1.1 only appends to 1.0 (the test below checks it with
 //! abi_stable's own checker), and prefix types record at run time which fields a library has:
 //! a method the plugin lacks falls back to its default.
 //!
 //! Only the types whose layout changed since 1.0 are redefined here, with the same names; the
-//! rest are the current ones. Never edit this module except to mirror what 1.0.0 was (its
+//! rest are the current ones. `Hypervisor` and `VmFactory` (which takes a hypervisor) are
+//! also 1.1's ([`crate::v1_1`] uses them). Never edit this module except to mirror what 1.0.0 was (its
 //! doc comments are 1.0.0's; doc comments are not part of a layout).
 
 use crate::error::PluginError;
-use crate::factory::VmFactoryBox;
-use crate::hypervisor::HypervisorBox;
 use crate::logging::HostContext;
 use crate::manifest::PluginManifest;
 use crate::proxy::ProxyBox;
@@ -24,7 +23,7 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec},
+    std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -44,6 +43,55 @@ pub trait MetadataStorage: Send + Sync {
 
 /// As in 1.0.0 (an alias: the layout records lifetimes as they are written).
 pub type MetadataStorageBox = MetadataStorage_TO<'static, RBox<()>>;
+
+/// `Hypervisor` as of 1.0.0 (and 1.1.0): without `list_vms` and `adopt_vm`.
+#[sabi_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Creates (but does not start) a VM.
+    fn create_vm(&self, sandbox_id: RStr<'_>, config: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+    /// Boots a created VM.
+    fn start_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+    /// Stops a VM.
+    fn stop_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+    /// Pauses a running VM.
+    fn pause_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+    /// Resumes a paused VM.
+    fn resume_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+    /// Saves a paused VM as a template.
+    fn save_template(&self, vm: RSlice<'_, u8>, dir: RStr<'_>) -> RResult<RVec<u8>, PluginError>;
+    /// Creates a VM from a template.
+    fn create_from_template(
+        &self,
+        sandbox_id: RStr<'_>,
+        template: RSlice<'_, u8>,
+    ) -> RResult<RVec<u8>, PluginError>;
+    /// Hot-plugs or unplugs a device.
+    fn hotplug(&self, vm: RSlice<'_, u8>, request: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+    /// The agent's addresses.
+    fn agent_endpoint(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError>;
+    /// The VM's status.
+    #[sabi(last_prefix_field)]
+    fn vm_status(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError>;
+}
+
+/// As in 1.0.0.
+pub type HypervisorBox = Hypervisor_TO<'static, RArc<()>>;
+
+/// `VmFactory` as of 1.0.0 (and 1.1.0): its `new_vm` takes the 1.0 [`HypervisorBox`].
+#[sabi_trait]
+pub trait VmFactory: Send + Sync {
+    /// Returns a VM built by `hypervisor`.
+    #[sabi(last_prefix_field)]
+    fn new_vm(
+        &self,
+        hypervisor: &HypervisorBox,
+        sandbox_id: RStr<'_>,
+        config: RSlice<'_, u8>,
+    ) -> RResult<RVec<u8>, PluginError>;
+}
+
+/// As in 1.0.0.
+pub type VmFactoryBox = VmFactory_TO<'static, RBox<()>>;
 
 /// The root module as of 1.0.0.
 #[repr(C)]

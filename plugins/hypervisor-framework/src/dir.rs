@@ -101,7 +101,8 @@ impl<L> std::fmt::Debug for VmDir<L> {
     }
 }
 
-fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DirError + 'a {
+/// Wraps an I/O error of `what` on `path`.
+pub(crate) fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DirError + 'a {
     move |source| DirError { what, path: path.to_owned(), source }
 }
 

@@ -8,10 +8,11 @@ use crate::config::PluginConfigError;
 use error_report::chain;
 use plugin_api::endpoint::{format_endpoints, AgentEndpoint};
 use crate::control::Control;
-use crate::ops::{self, OpError};
+use crate::ops::{self, inventory, OpError};
 use crate::state::VmState;
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
 use plugin_api::{ErrorKind, PluginError};
+use std::path::Path;
 use std::time::Duration;
 
 /// Why an operation of the plugin `C` failed, for the reasons every plugin shares.
@@ -31,6 +32,8 @@ pub trait VmOps: Sized + Send + Sync + 'static {
     fn error_kind(error: &Self::Error) -> ErrorKind;
     /// How long [`VmOps::stop_vm`] gives the VMM to quit before it is killed.
     fn stop_timeout(&self) -> Duration;
+    /// The directory under which each VM gets `<run_dir>/<sandbox_id>/`.
+    fn run_dir(&self) -> &Path;
     /// Creates the VM (its directory and its state); starts nothing.
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState<Self::Fields>, Self::Error>;
     /// The agent's addresses, best first (the ABI carries them as
@@ -86,19 +89,31 @@ impl<C: VmOps> Hypervisor<C> {
         VmState::decode(blob).map_err(|e| Self::plugin_error(SharedError::<C>::from(e).into()))
     }
 
-    /// Decodes `blob`, runs `op` on it and encodes the new state.
+    /// Decodes `blob`, runs `op` on it, keeps the copy in the VM directory up to date and
+    /// encodes the new state.
     fn apply(
         &self,
         blob: &[u8],
         op: impl FnOnce(&C, &VmState<C::Fields>) -> Result<VmState<C::Fields>, C::Error>,
     ) -> Result<Vec<u8>, PluginError> {
-        op(&self.config, &Self::decode(blob)?).map(|s| s.encode()).map_err(Self::plugin_error)
+        let state = op(&self.config, &Self::decode(blob)?).map_err(Self::plugin_error)?;
+        if let Err(e) = inventory::save_state_file(&state) {
+            // The VM is fine; only `list_vms` may see an older state of it.
+            tracing::warn!(sandbox_id = %state.sandbox_id, "{}", chain(&e));
+        }
+        Ok(state.encode())
     }
 }
 
 impl<C: VmOps> HypervisorPlugin for Hypervisor<C> {
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
-        self.config.create_vm(sandbox_id, config).map(|s| s.encode()).map_err(Self::plugin_error)
+        let state = self.config.create_vm(sandbox_id, config).map_err(Self::plugin_error)?;
+        // Without the copy, `list_vms` could not find the VM should the host lose its blob.
+        if let Err(e) = inventory::save_state_file(&state) {
+            let _ = crate::dir::remove(&state.dir);
+            return Err(Self::plugin_error(SharedError::<C>::from(e).into()));
+        }
+        Ok(state.encode())
     }
 
     fn start_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
@@ -124,5 +139,16 @@ impl<C: VmOps> HypervisorPlugin for Hypervisor<C> {
 
     fn vm_status(&self, blob: &[u8]) -> Result<String, PluginError> {
         Ok(self.config.vm_status(&Self::decode(blob)?).to_owned())
+    }
+
+    fn list_vms(&self) -> Result<Vec<(String, Vec<u8>)>, PluginError> {
+        inventory::list_vms::<C::Fields>(self.config.run_dir()).map_err(|e| PluginError::new(ErrorKind::IO, chain(&e)))
+    }
+
+    fn adopt_vm(&self, blob: &[u8], sandbox_id: &str) -> Result<Vec<u8>, PluginError> {
+        let state = Self::decode(blob)?;
+        let adopted = inventory::adopt_vm(&state, self.config.run_dir(), sandbox_id)
+            .map_err(|e| Self::plugin_error(e.into()))?;
+        Ok(adopted.encode())
     }
 }

@@ -5,8 +5,9 @@
 //!   `accel` (`auto`, `kvm`, `tcg`; [`accel`] explains `auto`), `machine`, `agent_ports`,
 //!   `network` (`user`, `none`), `stop_timeout_ms`. Unknown keys are errors.
 //! - Each VM lives in `<run_dir>/<sandbox_id>/` (mode 0700): `qmp.sock`, `qmp.lock`,
-//!   `qemu.pid` and `agent-<N>.sock`, one per virtio-serial agent port `agent.<N>`.
-//!   `stop_vm` removes it; the console log is the host's and stays.
+//!   `qemu.pid`, `agent-<N>.sock` (one per virtio-serial agent port `agent.<N>`) and
+//!   `vm-state.json` (the latest state blob, for `list_vms`). `stop_vm` removes it; the
+//!   console log is the host's and stays.
 //! - The state blob is [`state::VmState`] (JSON, `"schema": "qemu-vm/1"`).
 //! - Agent endpoints, best first: `vsock:<cid>:1024` when the host has `/dev/vhost-vsock`,
 //!   then `serial:<run_dir>/<id>/agent-<N>.sock` for every port.
@@ -81,6 +82,10 @@ impl VmOps for QemuConfig {
         Duration::from_millis(self.stop_timeout_ms)
     }
 
+    fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
+    }
+
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<VmState, QemuError> {
         vm::create_vm(self, sandbox_id, config)
     }
@@ -125,7 +130,9 @@ mod tests {
         let dir = run_dir.join("sb1");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "create_vm writes nothing in the VM dir");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["vm-state.json"], "create_vm writes only the copy of the blob");
+        assert_eq!(std::fs::read(dir.join("vm-state.json")).unwrap(), blob);
         assert_eq!(hv.vm_status(&blob).unwrap(), "created");
         let endpoint = hv.agent_endpoint(&blob).unwrap();
         let serial = format!("serial:{0}/agent-0.sock,serial:{0}/agent-1.sock", dir.display());

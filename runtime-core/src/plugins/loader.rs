@@ -157,19 +157,22 @@ fn load_new(path: &Path) -> Result<PluginModuleRef, LoadError> {
     Ok(module)
 }
 
-/// Checks the library's layout and returns its root module. A plugin built against 1.0 is
-/// checked against the frozen 1.0 layouts ([`plugin_api::v1_0`]), which the current ones
-/// extend; every other 1.x against the current ones.
+/// Checks the library's layout and returns its root module. A plugin built against 1.0 or
+/// 1.1 is checked against that version's frozen layouts ([`plugin_api::v1_0`],
+/// [`plugin_api::v1_1`]), which the current ones extend; every other 1.x against the current
+/// ones.
 fn init_root_module(header: &LibHeader, plugin_api: &str) -> Result<PluginModuleRef, LibraryError> {
     if plugin_api.starts_with("1.0.") {
         header.ensure_layout::<plugin_api::v1_0::PluginModuleRef>()?;
-        // SAFETY: the library's root module has the 1.0 layout (just checked), of which the
-        // current layout is an append-only extension (checked by plugin-api's v1_0 tests);
-        // fields the library lacks are reported missing by the prefix metadata at run time.
-        unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
+    } else if plugin_api.starts_with("1.1.") {
+        header.ensure_layout::<plugin_api::v1_1::PluginModuleRef>()?;
     } else {
-        header.init_root_module::<PluginModuleRef>()
+        return header.init_root_module::<PluginModuleRef>();
     }
+    // SAFETY: the library's root module has the layout of its 1.x (just checked), of which the
+    // current layout is an append-only extension (checked by plugin-api's v1_0 and v1_1
+    // tests); fields the library lacks are reported missing by the prefix metadata at run time.
+    unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
 }
 
 fn open_error(path: &Path, e: LibraryError) -> LoadError {

@@ -22,6 +22,7 @@ mod lifecycle;
 pub mod lock;
 mod monitor;
 pub mod oci;
+mod orphans;
 pub mod record;
 mod relay;
 mod resources;
@@ -35,6 +36,7 @@ pub use config::{
     load_sandbox_config, ContainerConfig, ProcessConfig, RootfsConfig, SandboxConfig, MAX_ID_LEN, MAX_VCPUS,
 };
 pub use monitor::{Monitor, MonitorEvent};
+pub use orphans::OrphanVm;
 pub use plugin_api::hypervisor::DiskConfig;
 pub use relay::{IoStream, OutputReader, StdinWriter};
 pub use runtime::Runtime;

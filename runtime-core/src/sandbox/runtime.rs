@@ -5,6 +5,7 @@ use super::context::RuntimeContext;
 use super::handle::Sandbox;
 use super::state::SandboxState;
 use super::status::{self, SandboxStatus};
+use super::orphans::{self, OrphanVm};
 use super::{blocking, lifecycle, SandboxConfig, SandboxError};
 use crate::config::RuntimeConfig;
 use std::path::Path;
@@ -79,6 +80,21 @@ impl Runtime {
             list.push(status::from_record(&self.inner, &record).await);
         }
         Ok(list)
+    }
+
+    /// The VMs that the hypervisor plugin has under its run directory and no sandbox record
+    /// owns (a record lost with its store, a process killed between creating a VM and saving
+    /// its record). Empty without a hypervisor, or with a plugin built against plugin-api
+    /// before 1.2 (which cannot list its VMs).
+    pub async fn orphan_vms(&self) -> Result<Vec<OrphanVm>, SandboxError> {
+        Ok(orphans::list(&self.inner).await?.into_iter().map(|(vm, _)| vm).collect())
+    }
+
+    /// Stops the VM of sandbox `id` that no record owns and removes what is left of it (its
+    /// directory and console log); returns what it was, or `None` when there is no such VM
+    /// (none at all, or a record owns it: delete the sandbox instead).
+    pub async fn remove_orphan_vm(&self, id: &str) -> Result<Option<OrphanVm>, SandboxError> {
+        orphans::remove(&self.inner, id).await
     }
 
     /// StatusSandbox: the detailed status of one sandbox, its containers' states refreshed from

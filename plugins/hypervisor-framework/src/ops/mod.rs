@@ -6,13 +6,16 @@
 //! - [`start_vm`]: run the VMM daemonized, record its pid and start time, check its control
 //!   channel;
 //! - [`pause_vm`], [`resume_vm`], [`stop_vm`] and [`vm_status`];
+//! - [`inventory`]: the copy of each VM's blob in its directory, [`list_vms`] and [`adopt_vm`];
 //! - [`OpError`]: why one failed, for the reasons every plugin shares.
 
 mod error;
+pub mod inventory;
 mod run_state;
 mod start;
 
 pub use error::OpError;
+pub use inventory::{adopt_vm, list_vms};
 pub use run_state::{pause_vm, resume_vm, stop_vm, vm_status};
 pub use start::start_vm;
 
