@@ -6,6 +6,7 @@ pub mod host_agent;
 pub mod kvm;
 pub mod oci;
 pub mod qemu;
+pub mod rules;
 pub mod sandbox;
 
 use std::os::unix::fs::PermissionsExt;

@@ -9,7 +9,8 @@
 
 use integration_tests::sandbox::{container, sandbox, Hypervisor, TestRuntime};
 use runtime_core::sandbox::{
-    ContainerState, MonitorEvent, OutputReader, ProcessConfig, SandboxError, SandboxState, SandboxStatus, StateError,
+    rules, ContainerState, MonitorEvent, OutputReader, ProcessConfig, Sandbox, SandboxError, SandboxState, SandboxStatus,
+    StateError,
 };
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -41,6 +42,7 @@ on_both_hypervisors!(
     monitor_reports_a_vm_killed_with_sigkill,
     monitor_reports_an_agent_that_stops_answering,
     a_vm_that_dies_while_booting_fails_create_at_once,
+    every_state_rule_refuses_what_it_should,
 );
 use storage_fs as _;
 
@@ -383,4 +385,62 @@ async fn monitor_reports_an_agent_that_stops_answering(hv: Hypervisor) {
     assert!(t.vm_pid("silent").is_some(), "the VM is alive");
     t.runtime.delete_sandbox("silent").await.expect("DeleteSandbox");
     t.assert_nothing_left("silent");
+}
+
+/// Every row of the state-rule table (`docs/SANDBOX-API.md`, `runtime_core::sandbox::rules`)
+/// end to end: in each sandbox state, with containers in each state the sandbox allows, every
+/// function is called wherever its rule refuses it, and must fail with a state error naming
+/// the refused state while every state stays as it was. (What the rules allow is called by
+/// `every_operation_on_one_sandbox`.)
+async fn every_state_rule_refuses_what_it_should(hv: Hypervisor) {
+    let Some(image) = hv.image_or_skip() else { return };
+    let t = TestRuntime::on(&image, hv);
+    let forever = "while :; do sleep 0.2; done";
+    let config = sandbox("rules", &image, vec![container("cu", forever), container("cp", forever), container("cs", "true")]);
+    let sb = t.runtime.create_sandbox(config).await.expect("CreateSandbox");
+    let mut refused = check_refusals(&sb, SandboxState::Ready).await;
+    sb.start().await.expect("Start");
+    assert_eq!(sb.wait_process("cs", "cs").await.expect("cs exits"), 0);
+    sb.pause_container("cp").await.expect("PauseContainer");
+    sb.create_container(container("cr", "true")).await.expect("CreateContainer");
+    refused += check_refusals(&sb, SandboxState::Running).await;
+    sb.pause().await.expect("pause");
+    refused += check_refusals(&sb, SandboxState::Paused).await;
+    sb.resume().await.expect("resume");
+    sb.stop(false).await.expect("Stop");
+    refused += check_refusals(&sb, SandboxState::Stopped).await;
+    eprintln!("{refused} calls refused by their rule");
+    t.runtime.delete_sandbox("rules").await.expect("DeleteSandbox");
+    t.assert_nothing_left("rules");
+}
+
+/// Calls every function its rule refuses in `sb`'s current state (which must be `expected`):
+/// each must be a state error naming that state, and no state may change. Returns how many.
+async fn check_refusals(sb: &Sandbox, expected: SandboxState) -> usize {
+    let states = |s: &SandboxStatus| (s.state, s.containers.iter().map(|c| (c.id.clone(), c.state)).collect::<Vec<_>>());
+    let before = states(&sb.status().await.expect("status"));
+    assert_eq!(before.0, expected, "{before:?}");
+    let first = before.1[..1].to_vec();
+    let mut refused = 0;
+    for rule in rules::ALL {
+        let sandbox_refuses = !rule.sandbox.contains(&expected);
+        let targets = match rule.container {
+            _ if sandbox_refuses => first.clone(),
+            Some(allowed) => before.1.iter().filter(|(_, s)| !allowed.contains(s)).cloned().collect(),
+            None => continue,
+        };
+        for (c, c_state) in &targets {
+            for (name, result) in integration_tests::rules::call(sb, rule, c).await {
+                let e = match result {
+                    Err(SandboxError::State(e)) => e.to_string(),
+                    other => panic!("{name} in a {expected} sandbox on a {c_state} container {c}: expected a refusal, got {other:?}"),
+                };
+                let needle = if sandbox_refuses { format!("sandbox rules: it is {expected}") } else { format!("container {c}: it is {c_state}") };
+                assert!(e.contains(&needle), "{name}: {needle:?} not in {e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(states(&sb.status().await.expect("status")), before, "a refused call changed a state");
+    refused
 }
