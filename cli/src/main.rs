@@ -15,6 +15,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 // Link the built-in plugins so that their static registrations are part of this binary.
+use factory_cache as _;
+use factory_new as _;
 use hypervisor_kvm as _;
 use hypervisor_qemu as _;
 use storage_fs as _;

@@ -450,6 +450,48 @@ impl<H: HypervisorPlugin> Hypervisor for HypervisorAdapter<H> {
     }
 }
 
+/// A shared handle as a hypervisor trait object ([`HypervisorHandle::share`]).
+struct Shared(std::sync::Arc<HypervisorHandle>);
+
+impl Hypervisor for Shared {
+    fn create_vm(&self, id: RStr<'_>, config: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.create_vm(id, config)
+    }
+    fn start_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.start_vm(vm)
+    }
+    fn stop_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.stop_vm(vm)
+    }
+    fn pause_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.pause_vm(vm)
+    }
+    fn resume_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.resume_vm(vm)
+    }
+    fn save_template(&self, vm: RSlice<'_, u8>, dir: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.save_template(vm, dir)
+    }
+    fn create_from_template(&self, id: RStr<'_>, t: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.create_from_template(id, t)
+    }
+    fn hotplug(&self, vm: RSlice<'_, u8>, request: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.hotplug(vm, request)
+    }
+    fn agent_endpoint(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError> {
+        self.0.inner.agent_endpoint(vm)
+    }
+    fn vm_status(&self, vm: RSlice<'_, u8>) -> RResult<RString, PluginError> {
+        self.0.inner.vm_status(vm)
+    }
+    fn list_vms(&self) -> RResult<RVec<ListedVm>, PluginError> {
+        self.0.inner.list_vms()
+    }
+    fn adopt_vm(&self, vm: RSlice<'_, u8>, sandbox_id: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.adopt_vm(vm, sandbox_id)
+    }
+}
+
 /// The host's view of a hypervisor plugin instance, in plain Rust types. Every call blocks:
 /// async hosts call it from a blocking thread.
 pub struct HypervisorHandle {
@@ -477,6 +519,12 @@ impl HypervisorHandle {
     /// The raw trait object (what factory plugins receive).
     pub fn raw(&self) -> &HypervisorBox {
         &self.inner
+    }
+
+    /// A new trait object that forwards every call to this handle's (a trait object cannot be
+    /// cloned; this is how a host lends its hypervisor to a factory for good).
+    pub fn share(self: &std::sync::Arc<Self>) -> HypervisorBox {
+        Hypervisor_TO::from_ptr(RArc::new(Shared(self.clone())), abi_stable::sabi_trait::TD_Opaque)
     }
 
     fn span(&self, op: &'static str) -> tracing::span::EnteredSpan {

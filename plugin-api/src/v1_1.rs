@@ -4,8 +4,8 @@
 //! uses it through the current types.
 //!
 //! 1.1 appended `save_batch` to `MetadataStorage` (so it is the current one here); 1.2
-//! appended `list_vms` and `adopt_vm` to `Hypervisor`, so this root module takes 1.0's
-//! `Hypervisor` and `VmFactory`. Never edit this module except to mirror what 1.1.0 was.
+//! appended `list_vms` and `adopt_vm` to `Hypervisor` and `init`, `status` and `close` to
+//! `VmFactory`, so this root module takes 1.0's `Hypervisor` and `VmFactory`. Never edit this module except to mirror what 1.1.0 was.
 
 use crate::error::PluginError;
 use crate::logging::HostContext;

@@ -19,6 +19,15 @@
 //! memory_mib = 512
 //! accel = "auto"                               # every other key goes to the plugin
 //!
+//! [factory]                                    # optional: where sandboxes' VMs come from
+//! plugin = "cache"                             # a VM factory plugin's name (default `new`:
+//!                                              # every VM cold-boots)
+//! base = "new"                                 # the factory a cache fills its pool with
+//! disks = [{ name = "rootfs", path = "/var/lib/sandbox-runtime/rootfs.img" }]
+//!                                              # disks every pooled VM has (read-only)
+//! size = 2                                     # every other key goes to the plugin; a table
+//!                                              # named after `base` goes to the base plugin
+//!
 //! [runtime]
 //! state_dir = "/run/sandbox-runtime"           # locks and console logs, per sandbox
 //! boot_timeout_s = 120                         # from VM start to the agent answering
@@ -157,6 +166,47 @@ impl HypervisorSection {
     }
 }
 
+/// The `[factory]` table: where sandboxes' VMs come from.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FactorySection {
+    /// The VM factory plugin's name.
+    pub plugin: String,
+    /// The factory a wrapping factory (`cache`) makes its VMs with; `new` when absent.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// The disks every VM the factory keeps has (a pool's VMs serve only sandboxes with exactly
+    /// these disks), as a sandbox's `[[disks]]`.
+    #[serde(default, deserialize_with = "crate::sandbox::config::strict_disks")]
+    pub disks: Vec<plugin_api::hypervisor::DiskConfig>,
+    /// Everything else in the table: the plugin's own settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl FactorySection {
+    /// The base factory's name: `base`, or `new`.
+    pub fn base(&self) -> &str {
+        self.base.as_deref().unwrap_or("new")
+    }
+
+    /// The factory plugin's settings (without the table named after the base).
+    pub fn settings_json(&self) -> serde_json::Value {
+        let mut settings = self.settings.clone();
+        if matches!(settings.get(self.base()), Some(toml::Value::Table(_))) {
+            settings.remove(self.base());
+        }
+        serde_json::to_value(&settings).unwrap_or_default()
+    }
+
+    /// The base plugin's settings: the table named after it (`[factory.new]`), or none.
+    pub fn base_settings_json(&self) -> serde_json::Value {
+        match self.settings.get(self.base()) {
+            Some(v @ toml::Value::Table(_)) => serde_json::to_value(v).unwrap_or_default(),
+            _ => serde_json::json!({}),
+        }
+    }
+}
+
 /// The `[runtime]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +255,9 @@ pub struct RuntimeConfig {
     /// `[hypervisor]`: required to run sandboxes.
     #[serde(default)]
     pub hypervisor: Option<HypervisorSection>,
+    /// `[factory]`: without it every VM cold-boots (the `new` factory).
+    #[serde(default)]
+    pub factory: Option<FactorySection>,
     /// `[runtime]`.
     #[serde(default)]
     pub runtime: RuntimeSection,
@@ -265,6 +318,21 @@ impl RuntimeConfig {
             // The floor and ceiling are the hypervisor plugin's (create_vm names them).
             if h.memory_mib == 0 {
                 return Err(invalid("hypervisor.memory_mib", crate::sandbox::config::ZERO_MEMORY.into()));
+            }
+        }
+        if let Some(f) = &mut config.factory {
+            if config.hypervisor.is_none() {
+                return Err(invalid("factory", "needs a [hypervisor] table: a VM factory makes VMs with it".into()));
+            }
+            if f.plugin.trim().is_empty() {
+                return Err(invalid("factory.plugin", "is empty; name a VM factory plugin (new, cache)".into()));
+            }
+            if let Some(base) = f.base.as_ref().filter(|b| b.trim().is_empty() || **b == f.plugin) {
+                return Err(invalid("factory.base", format!("is {base:?}; name another VM factory plugin (new)")));
+            }
+            for d in &mut f.disks {
+                plugin_api::hypervisor::DiskConfig::validate_name(&d.name).map_err(|e| invalid("factory.disks", e.message.to_string()))?;
+                relative(&mut d.path);
             }
         }
         relative(&mut config.runtime.state_dir);
@@ -351,6 +419,29 @@ mod tests {
         let e = parse("[plugins]\nstatic = 'yes'\n[storage]\nplugin = 'fs'\n").unwrap_err();
         assert!(e.contains("static"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn the_factory_table() {
+        let base = "[storage]\nplugin = 'fs'\n[hypervisor]\nplugin = 'qemu'\nkernel = 'k'\n";
+        let c = parse(&format!("{base}[factory]\nplugin = 'cache'\nsize = 2\ndisks = [{{ name = 'rootfs', path = 'root.img' }}]\n[factory.new]\n")).unwrap();
+        let f = c.factory.expect("factory");
+        assert_eq!((f.plugin.as_str(), f.base()), ("cache", "new"));
+        assert_eq!(f.disks[0].path, PathBuf::from("/etc/rt/root.img"));
+        assert!(f.disks[0].read_only, "pooled disks are read-only by default");
+        assert_eq!(f.settings_json(), serde_json::json!({"size": 2}), "the base's table is not the plugin's");
+        assert_eq!(f.base_settings_json(), serde_json::json!({}));
+        let e = parse("[storage]\nplugin = 'fs'\n[factory]\nplugin = 'new'\n").unwrap_err();
+        assert!(e.contains("key factory: needs a [hypervisor] table"), "{e}");
+        let e = parse(&format!("{base}[factory]\nplugin = 'cache'\nbase = 'cache'\n")).unwrap_err();
+        assert!(e.contains("key factory.base"), "{e}");
+        assert!(parse(&format!("{base}[factory]\nplugin = 'new'\n")).is_ok(), "new needs no base");
+        let e = parse(&format!("{base}[factory]\nplugin = ''\n")).unwrap_err();
+        assert!(e.contains("key factory.plugin"), "{e}");
+        let e = parse(&format!("{base}[factory]\nplugin = 'cache'\ndisks = [{{ name = 'a b', path = 'x' }}]\n")).unwrap_err();
+        assert!(e.contains("key factory.disks") && e.contains("a b"), "{e}");
+        let e = parse(&format!("{base}[factory]\nplugin = 'cache'\ndisks = [{{ name = 'a', path = 'x', size = 1 }}]\n")).unwrap_err();
+        assert!(e.contains("size"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod factory;
 mod parse_error;
 pub mod plugins;
 pub mod sandbox;

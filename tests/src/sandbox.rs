@@ -4,7 +4,8 @@
 //! nothing behind.
 
 use crate::qemu::GuestImage;
-use runtime_core::sandbox::{ContainerConfig, DiskConfig, ProcessConfig, RootfsConfig, Runtime, SandboxConfig};
+use runtime_core::sandbox::{ContainerConfig, DiskConfig, OutputReader, ProcessConfig, RootfsConfig, Runtime, SandboxConfig};
+use std::time::Duration;
 use std::path::{Path, PathBuf};
 
 /// A runtime and the directory holding its config, store and state.
@@ -54,6 +55,11 @@ pub fn write_config(dir: &Path, image: &GuestImage) -> PathBuf {
 
 /// Writes the config for `image` under `dir`, on hypervisor `hv`.
 pub fn write_config_for(dir: &Path, image: &GuestImage, hv: Hypervisor) -> PathBuf {
+    write_config_with(dir, image, hv, "")
+}
+
+/// [`write_config_for`] with `extra` (whole TOML tables, such as `[factory]`) appended.
+pub fn write_config_with(dir: &Path, image: &GuestImage, hv: Hypervisor, extra: &str) -> PathBuf {
     let config = dir.join("config.toml");
     let hypervisor = match hv {
         Hypervisor::Qemu => format!("plugin = \"qemu\"\nkernel = {:?}", image.vmlinuz),
@@ -67,7 +73,7 @@ pub fn write_config_for(dir: &Path, image: &GuestImage, hv: Hypervisor) -> PathB
     let text = format!(
         "[storage]\nplugin = \"fs\"\npath = \"metadata\"\n\n\
          [hypervisor]\n{hypervisor}\ninitrd = {:?}\nmemory_mib = 512\nrun_dir = {:?}\n\n\
-         [runtime]\nstate_dir = \"state\"\nboot_timeout_s = 300\nstop_timeout_s = 5\n",
+         [runtime]\nstate_dir = \"state\"\nboot_timeout_s = 300\nstop_timeout_s = 5\n\n{extra}",
         image.initramfs,
         dir.join("vms"),
     );
@@ -83,8 +89,13 @@ impl TestRuntime {
 
     /// A fresh runtime for `image` on hypervisor `hv`.
     pub fn on(image: &GuestImage, hv: Hypervisor) -> TestRuntime {
+        TestRuntime::with(image, hv, "")
+    }
+
+    /// A fresh runtime for `image` on hypervisor `hv`, its config ending with `extra`.
+    pub fn with(image: &GuestImage, hv: Hypervisor, extra: &str) -> TestRuntime {
         let dir = crate::private_dir();
-        let config = write_config_for(dir.path(), image, hv);
+        let config = write_config_with(dir.path(), image, hv, extra);
         let runtime = Runtime::from_file(&config).unwrap_or_else(|e| panic!("runtime from {}: {e}", config.display()));
         TestRuntime { dir, config, runtime, hypervisor: hv }
     }
@@ -201,3 +212,20 @@ pub fn sandbox(id: &str, image: &GuestImage, containers: Vec<ContainerConfig>) -
         annotations: Default::default(),
     }
 }
+
+/// Reads `reader` until `needle` appears (within 60 s); returns everything read.
+pub async fn read_until(reader: &mut OutputReader, needle: &str) -> String {
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(needle) {
+            match reader.next_chunk().await.expect("reading output") {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.unwrap_or_else(|_| panic!("no {needle:?} in {seen:?} within 60 s"));
+    assert!(seen.contains(needle), "output ended without {needle:?}: {seen:?}");
+    seen
+}
+

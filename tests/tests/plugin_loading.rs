@@ -179,6 +179,28 @@ fn the_hypervisor_plugins_load_from_their_libraries() {
 }
 
 #[test]
+fn the_factory_plugins_load_from_their_libraries() {
+    let dir = private_dir();
+    install(&workspace_plugin("factory_new_plugin"), dir.path(), "libfactory_new_plugin.so");
+    install(&workspace_plugin("factory_cache_plugin"), dir.path(), "libfactory_cache_plugin.so");
+    let registry = Registry::discover(&[dir.path().to_owned()], false).unwrap();
+    assert!(registry.refused().is_empty(), "{:#?}", reasons(&registry));
+    let mut names: Vec<_> = registry.plugins().map(|p| (p.name.as_str(), p.kind)).collect();
+    names.sort_by_key(|(name, _)| *name);
+    assert_eq!(names, [("cache", PluginKind::VM_FACTORY), ("new", PluginKind::VM_FACTORY)]);
+    // Their settings are checked through the library, errors naming the key.
+    let err = registry.open_vm_factory("cache", &json!({"size": 0})).map(|_| ()).unwrap_err();
+    assert!(error_chain(&err).contains("size = 0: must be 1 to 64"), "{}", error_chain(&err));
+    let err = registry.open_vm_factory("new", &json!({"size": 2})).map(|_| ()).unwrap_err();
+    assert!(error_chain(&err).contains("unknown field `size`"), "{}", error_chain(&err));
+    let new = registry.open_vm_factory("new", &json!({})).unwrap();
+    assert_eq!(new.status().unwrap().factory, "new");
+    let cache = registry.open_vm_factory("cache", &json!({"size": 2})).unwrap();
+    let err = cache.status().unwrap_err();
+    assert!(err.message.contains("not initialized"), "{err}");
+}
+
+#[test]
 fn an_unknown_plugin_name_lists_the_names_available() {
     let mut registry = Registry::new();
     registry.add_static();

@@ -7,9 +7,9 @@
 //! runs as `<test>::qemu` (QEMU/TCG, tier 3) and `<test>::kvm` (our vmm; it needs a `/dev/kvm`
 //! that boots Linux, so here it runs in the nested L1 of `cargo xtask nested-test`, tier 4).
 
-use integration_tests::sandbox::{container, sandbox, Hypervisor, TestRuntime};
+use integration_tests::sandbox::{container, read_until, sandbox, Hypervisor, TestRuntime};
 use runtime_core::sandbox::{
-    rules, ContainerState, MonitorEvent, OutputReader, ProcessConfig, Sandbox, SandboxError, SandboxState, SandboxStatus,
+    rules, ContainerState, MonitorEvent, ProcessConfig, Sandbox, SandboxError, SandboxState, SandboxStatus,
     StateError,
 };
 use std::process::{Command, Stdio};
@@ -19,23 +19,7 @@ use tokio::io::AsyncBufReadExt;
 use hypervisor_kvm as _;
 use hypervisor_qemu as _;
 
-/// Runs test function `$name` once per hypervisor, as `$name::qemu` and `$name::kvm`.
-macro_rules! on_both_hypervisors {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn qemu() {
-                super::$name(super::Hypervisor::Qemu).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn kvm() {
-                super::$name(super::Hypervisor::Kvm).await
-            }
-        }
-    )*};
-}
-
-on_both_hypervisors!(
+integration_tests::on_both_hypervisors!(
     every_operation_on_one_sandbox,
     killed_between_create_and_start_then_finished_by_another_process,
     two_processes_operate_on_one_sandbox_at_once,
@@ -45,22 +29,6 @@ on_both_hypervisors!(
     every_state_rule_refuses_what_it_should,
 );
 use storage_fs as _;
-
-/// Reads `reader` until `needle` appears; returns everything read.
-async fn read_until(reader: &mut OutputReader, needle: &str) -> String {
-    let mut seen = String::new();
-    let read = async {
-        while !seen.contains(needle) {
-            match reader.next_chunk().await.expect("reading output") {
-                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-                None => break,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read).await.unwrap_or_else(|_| panic!("no {needle:?} in {seen:?} within 60 s"));
-    assert!(seen.contains(needle), "output ended without {needle:?}: {seen:?}");
-    seen
-}
 
 fn state_error(e: SandboxError) -> StateError {
     match e {

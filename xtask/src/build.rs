@@ -9,8 +9,15 @@ use std::process::Command;
 
 /// The plugin libraries the workspace builds; tests and the demo load them from the target
 /// directory.
-pub const PLUGIN_PACKAGES: &[&str] =
-    &["storage-fs-plugin", "storage-leveldb-plugin", "hypervisor-qemu-plugin", "hypervisor-kvm-plugin", "panicky-plugin"];
+pub const PLUGIN_PACKAGES: &[&str] = &[
+    "storage-fs-plugin",
+    "storage-leveldb-plugin",
+    "hypervisor-qemu-plugin",
+    "hypervisor-kvm-plugin",
+    "factory-new-plugin",
+    "factory-cache-plugin",
+    "panicky-plugin",
+];
 
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))

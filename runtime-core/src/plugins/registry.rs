@@ -3,6 +3,7 @@
 
 use super::loader::{load_library, LoadError};
 use super::trust::{check_not_writable_by_others, TrustError};
+use plugin_api::factory::VmFactoryHandle;
 use plugin_api::hypervisor::HypervisorHandle;
 use plugin_api::storage::StorageHandle;
 use plugin_api::{PluginError, PluginKind, PluginModuleRef};
@@ -274,5 +275,15 @@ impl Registry {
             RegistryError::Instance { kind: PluginKind::HYPERVISOR, name: name.to_owned(), source }
         })?;
         Ok(HypervisorHandle::new(hypervisor, name))
+    }
+
+    /// Creates an instance of VM factory plugin `name` with its JSON config.
+    pub fn open_vm_factory(&self, name: &str, config: &serde_json::Value) -> Result<VmFactoryHandle, RegistryError> {
+        let entry = self.find(PluginKind::VM_FACTORY, name)?;
+        let bytes = serde_json::to_vec(config).unwrap_or_default();
+        let factory = (entry.module.new_vm_factory())(bytes.as_slice().into()).into_result().map_err(|source| {
+            RegistryError::Instance { kind: PluginKind::VM_FACTORY, name: name.to_owned(), source }
+        })?;
+        Ok(VmFactoryHandle::new(factory, name))
     }
 }

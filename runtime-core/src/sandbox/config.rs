@@ -27,7 +27,7 @@ pub struct SandboxConfig {
     #[serde(default)]
     pub memory_mib: Option<u64>,
     /// Disk images attached to the VM at boot; containers name them as their rootfs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_disks")]
     pub disks: Vec<DiskConfig>,
     /// The containers.
     #[serde(default)]
@@ -262,6 +262,27 @@ pub fn load_sandbox_config(path: &std::path::Path) -> Result<SandboxConfig, Conf
     Ok(config)
 }
 
+/// A disk as a config file writes it: [`DiskConfig`]'s keys and no other (the ABI type itself
+/// ignores unknown keys, for payloads from newer writers).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StrictDisk {
+    name: String,
+    path: PathBuf,
+    #[serde(default = "read_only_default")]
+    read_only: bool,
+}
+
+fn read_only_default() -> bool {
+    true
+}
+
+/// Deserializes a list of disks, refusing unknown keys (`disks`, `[factory] disks`).
+pub(crate) fn strict_disks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DiskConfig>, D::Error> {
+    let disks: Vec<StrictDisk> = Deserialize::deserialize(d)?;
+    Ok(disks.into_iter().map(|s| DiskConfig { name: s.name, path: s.path, read_only: s.read_only }).collect())
+}
+
 /// Where the disks of a default sandbox come from, for callers that build configs in code.
 pub fn disk(name: &str, path: impl Into<PathBuf>) -> DiskConfig {
     DiskConfig { name: name.into(), path: path.into(), read_only: true }
@@ -331,5 +352,13 @@ mod tests {
         std::fs::write(&path, "id = 'demo'\nvcpu = 2\n").expect("write");
         let e = load_sandbox_config(&path).unwrap_err();
         assert!(e.to_string().contains("vcpu"), "{e}");
+        // A disk's keys are as strict as the rest (the ABI type itself ignores unknown ones).
+        std::fs::write(&path, "id = 'demo'\n[[disks]]\nname = 'rootfs'\npath = 'r.img'\nreadonly = false\n").expect("write");
+        let e = load_sandbox_config(&path).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("unknown field `readonly`"), "{e}");
+        let json = dir.path().join("sandbox.json");
+        std::fs::write(&json, r#"{"id": "demo", "disks": [{"name": "rootfs", "path": "r.img", "size": 1}]}"#).expect("write");
+        let e = load_sandbox_config(&json).unwrap_err().to_string();
+        assert!(e.contains("unknown field `size`"), "{e}");
     }
 }

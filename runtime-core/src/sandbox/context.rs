@@ -7,6 +7,7 @@ use super::lock::SandboxLock;
 use super::record::{SandboxRecord, Store};
 use super::{blocking, SandboxError};
 use crate::config::{HypervisorSection, RuntimeConfig};
+use crate::factory::Factory;
 use crate::plugins::{self, Registry};
 use plugin_api::hypervisor::HypervisorHandle;
 use std::path::PathBuf;
@@ -17,8 +18,11 @@ pub(crate) struct RuntimeContext {
     pub config: RuntimeConfig,
     pub store: Store,
     pub hypervisor: Option<(Arc<HypervisorHandle>, HypervisorSection)>,
+    /// The VM factory, opened at the first VM this runtime makes (so that commands that make
+    /// none start no pool); closed when the context is dropped.
+    factory: std::sync::Mutex<Option<Arc<Factory>>>,
     /// Keeps the plugin libraries loaded; dropped last.
-    _registry: Registry,
+    registry: Registry,
 }
 
 impl RuntimeContext {
@@ -27,7 +31,26 @@ impl RuntimeContext {
         let plugins::Opened { registry, storage, hypervisor } = plugins::open(&config, true)?;
         let hypervisor = hypervisor.zip(config.hypervisor.clone()).map(|(handle, section)| (Arc::new(handle), section));
         let store = Store::new(Arc::new(storage));
-        Ok(RuntimeContext { config, store, hypervisor, _registry: registry })
+        Ok(RuntimeContext { config, store, hypervisor, factory: Default::default(), registry })
+    }
+
+    /// The VM factory, opened (and started) at the first call.
+    pub async fn factory(self: &Arc<Self>) -> Result<Arc<Factory>, SandboxError> {
+        if let Some(f) = self.factory.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(f.clone());
+        }
+        let (hv, _) = self.hypervisor()?;
+        let (hv, ctx) = (hv.clone(), self.clone());
+        blocking(move || {
+            let mut slot = ctx.factory.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = slot.as_ref() {
+                return Ok(f.clone());
+            }
+            let factory = Arc::new(Factory::open(&ctx.config, &ctx.registry, &hv)?);
+            *slot = Some(factory.clone());
+            Ok(factory)
+        })
+        .await?
     }
 
     /// The hypervisor plugin and its config section.

@@ -11,7 +11,6 @@ use super::state::{ContainerState, SandboxState};
 use super::status::{self, SandboxStatus};
 use super::{blocking, SandboxConfig, SandboxError};
 use agent_protocol::pb;
-use plugin_api::hypervisor::HypervisorConfig;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,17 +34,11 @@ pub(crate) async fn create(rt: &Arc<RuntimeContext>, config: SandboxConfig) -> R
     }
     let dir = rt.sandbox_dir(&config.id);
     std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Io { what: format!("creating {}", dir.display()), source })?;
-    let vm_config = HypervisorConfig {
-        schema: 1,
-        kernel: section.kernel.clone(),
-        initrd: section.initrd.clone(),
-        kernel_params: section.kernel_params.clone(),
-        vcpus: config.vcpus.unwrap_or(section.vcpus),
-        memory_mib: config.memory_mib.unwrap_or(section.memory_mib),
-        extra: serde_json::Value::Null,
-        console_log: Some(dir.join("console.log")),
-        disks: config.disks.clone(),
-    };
+    if let Some(factory) = &rt.config.factory {
+        factory.check_files(&rt.config.file)?;
+    }
+    let console = Some(dir.join("console.log"));
+    let vm_config = crate::factory::vm_config(section, config.vcpus, config.memory_mib, config.disks.clone(), console);
     let record = SandboxRecord {
         schema: SCHEMA,
         config,
@@ -75,17 +68,24 @@ pub(crate) async fn create(rt: &Arc<RuntimeContext>, config: SandboxConfig) -> R
     }
 }
 
-/// Creates and starts a fresh VM for `record`, waits for its agent and creates the
-/// containers of the config. Saves the record after each step that made something, so that
-/// a process killed midway leaves a record through which the VM can be stopped.
+/// Gets a started VM for `record` from the VM factory, waits for its agent and creates the
+/// containers of the config. Saves the record as soon as there is a VM, so that a process
+/// killed midway leaves a record through which the VM can be stopped (a process killed while
+/// the factory works leaves a VM that `Runtime::orphan_vms` finds).
 async fn boot(sb: &Sandbox, record: &mut SandboxRecord) -> Result<(), SandboxError> {
-    let id = sb.id.clone();
-    let config = record.vm.config.clone();
-    let blob = sb.hv("create", move |h| h.create_vm(&id, &config)).await?;
+    let factory = sb.rt.factory().await?;
+    let (hv, _) = sb.rt.hypervisor()?;
+    let (hv, id, config, f) = (hv.clone(), sb.id.clone(), record.vm.config.clone(), factory.clone());
+    let blob = blocking(move || f.new_vm(&hv, &id, &config))
+        .await?
+        .map_err(|source| SandboxError::Factory { plugin: factory.plugin().to_owned(), op: format!("make the VM of sandbox {}", sb.id), source })?;
     record.vm.set_blob(&blob);
-    sb.commit(record).await?;
-    let blob = sb.hv("start", move |h| h.start_vm(&blob)).await?;
-    record.vm.set_blob(&blob);
+    if sb.rt.vm_status(record).await == "created" {
+        // A factory built against plugin-api before 1.2 may return a VM it only created.
+        let blob = sb.hv("start", move |h| h.start_vm(&blob)).await?;
+        record.vm.set_blob(&blob);
+    }
+    let blob = record.vm.blob()?;
     record.vm.boot += 1;
     record.vm.agent_endpoint = sb.hv("query", move |h| h.agent_endpoint(&blob)).await?;
     sb.commit(record).await?;

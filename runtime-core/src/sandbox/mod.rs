@@ -120,6 +120,20 @@ pub enum SandboxError {
         #[source]
         source: PluginError,
     },
+    /// The VM factory could not be opened.
+    #[error(transparent)]
+    FactoryOpen(#[from] crate::factory::FactoryError),
+    /// The VM factory failed (to make a sandbox's VM, to report its status).
+    #[error("VM factory {plugin} failed to {op}")]
+    Factory {
+        /// The factory plugin.
+        plugin: String,
+        /// What it was asked (`make the VM of sandbox web`).
+        op: String,
+        /// Its error.
+        #[source]
+        source: PluginError,
+    },
     /// Talking to the agent failed.
     #[error("the agent of sandbox {sandbox} failed")]
     Agent {

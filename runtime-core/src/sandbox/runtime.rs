@@ -8,6 +8,7 @@ use super::status::{self, SandboxStatus};
 use super::orphans::{self, OrphanVm};
 use super::{blocking, lifecycle, SandboxConfig, SandboxError};
 use crate::config::RuntimeConfig;
+use plugin_api::factory::FactoryStatus;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -95,6 +96,14 @@ impl Runtime {
     /// (none at all, or a record owns it: delete the sandbox instead).
     pub async fn remove_orphan_vm(&self, id: &str) -> Result<Option<OrphanVm>, SandboxError> {
         orphans::remove(&self.inner, id).await
+    }
+
+    /// What the VM factory holds (its pool's VMs). The factory is opened, and a pool starts
+    /// filling, at the first VM a runtime makes or at this call.
+    pub async fn factory_status(&self) -> Result<FactoryStatus, SandboxError> {
+        let factory = self.inner.factory().await?;
+        let plugin = factory.plugin().to_owned();
+        blocking(move || factory.status()).await?.map_err(|source| SandboxError::Factory { plugin, op: "report its status".into(), source })
     }
 
     /// StatusSandbox: the detailed status of one sandbox, its containers' states refreshed from

@@ -14,6 +14,7 @@ use super::{l1, run};
 const SUITES: &[(&str, &str, &str)] = &[
     // (package, test target, filter)
     ("integration-tests", "sandbox_api", "::kvm"),
+    ("integration-tests", "factory", "::kvm"),
     ("integration-tests", "vmm_devices", "kvm"),
     ("integration-tests", "vmm_api", "kvm"),
 ];

@@ -1,0 +1,198 @@
+//! Where sandboxes' VMs come from: the VM factory of the `[factory]` table (the `new` factory,
+//! built in, without one), composed as Kata 1.x's `factory.NewFactory` did: a factory that
+//! wraps another (`cache`) gets its base (`base`, `new` by default) through the host object
+//! the core lends it ([`host::Host`]).
+//!
+//! The factory is opened at the first VM a runtime needs, not when the runtime is made, so
+//! a command that makes no VM (`list`, `status`) starts no pool; it is closed (its pool's VMs
+//! stopped) when the runtime is dropped.
+
+mod host;
+mod workdir;
+
+use crate::config::{FactorySection, HypervisorSection, RuntimeConfig};
+use crate::plugins::{Registry, RegistryError};
+use host::{Host, HostRuntime};
+use plugin_api::factory::{factory_into_ffi, FactoryHost_TO, FactoryStatus, VmFactoryHandle};
+use plugin_api::hypervisor::{DiskConfig, HypervisorConfig, HypervisorHandle};
+use plugin_api::PluginError;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use workdir::WorkDirError;
+
+/// Why the factory of a config could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum FactoryError {
+    /// The registry has no such plugin, or the plugin refused its settings.
+    #[error("config file {file}, table [factory]")]
+    Open {
+        /// The config file.
+        file: PathBuf,
+        /// What the registry or the plugin said.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// The factory's work directory could not be made.
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+    /// The hypervisor plugin refused the settings of the pool's instance.
+    #[error("opening the hypervisor plugin for the factory's own VMs (run_dir {run_dir})")]
+    PoolHypervisor {
+        /// The pool's run directory.
+        run_dir: PathBuf,
+        /// The plugin's words.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// The plugin's `init` failed.
+    #[error("VM factory {plugin} failed to start")]
+    Init {
+        /// The plugin.
+        plugin: String,
+        /// Its error.
+        #[source]
+        source: PluginError,
+    },
+}
+
+/// The VM a config describes: its `[hypervisor]` defaults, with `disks` and `console_log`.
+pub fn vm_config(section: &HypervisorSection, vcpus: Option<u32>, memory_mib: Option<u64>, disks: Vec<DiskConfig>, console_log: Option<PathBuf>) -> HypervisorConfig {
+    HypervisorConfig {
+        schema: 1,
+        kernel: section.kernel.clone(),
+        initrd: section.initrd.clone(),
+        kernel_params: section.kernel_params.clone(),
+        vcpus: vcpus.unwrap_or(section.vcpus),
+        memory_mib: memory_mib.unwrap_or(section.memory_mib),
+        extra: serde_json::Value::Null,
+        console_log,
+        disks,
+    }
+}
+
+/// The opened factory of a runtime, with what keeps it working.
+pub(crate) struct Factory {
+    handle: Arc<VmFactoryHandle>,
+    _host_runtime: Arc<HostRuntime>,
+    _work_dir: workdir::WorkDir,
+}
+
+impl Factory {
+    /// Opens the factory `config` names (the built-in `new` without a `[factory]` table) and
+    /// starts it.
+    pub fn open(config: &RuntimeConfig, registry: &Registry, hypervisor: &Arc<HypervisorHandle>) -> Result<Factory, FactoryError> {
+        let (section, hv_section) = match (&config.factory, &config.hypervisor) {
+            (Some(f), Some(h)) => (f.clone(), h),
+            (None, Some(_)) => {
+                let handle = Arc::new(builtin_new());
+                return Ok(Factory { handle, _host_runtime: Arc::new(HostRuntime::none()), _work_dir: workdir::WorkDir::none() });
+            }
+            (_, None) => unreachable!("a factory is opened only with a hypervisor (config parsing checks [factory] has one)"),
+        };
+        let open = |name: &str, settings: &serde_json::Value| open_factory(config, registry, name, settings);
+        let plugin = open(&section.plugin, &section.settings_json())?;
+        let base = Arc::new(open(section.base(), &section.base_settings_json())?);
+        for dead in workdir::stale(&config.runtime.state_dir) {
+            match open_pool_hypervisor(registry, hv_section, &dead.join("vms"), hypervisor) {
+                Ok(hv) => workdir::reap(&dead, &hv),
+                Err(e) => tracing::warn!("reaping {}: {}", dead.display(), crate::plugins::error_chain(&e)),
+            }
+        }
+        let work_dir = workdir::WorkDir::claim(&config.runtime.state_dir, &section.plugin)?;
+        let pool_hypervisor = open_pool_hypervisor(registry, hv_section, &work_dir.path().join("vms"), hypervisor)?;
+        let runtime = Arc::new(HostRuntime::new());
+        let pool_config = vm_config(hv_section, None, None, section.disks.clone(), None);
+        let boot_timeout = Duration::from_secs(config.runtime.boot_timeout_s);
+        let host = |base: Arc<VmFactoryHandle>| {
+            let host = Host::new(base, pool_hypervisor.clone(), pool_config.clone(), work_dir.path().to_owned(), boot_timeout, runtime.clone());
+            FactoryHost_TO::from_ptr(abi_stable::std_types::RArc::new(host), abi_stable::sabi_trait::TD_Opaque)
+        };
+        let init = |handle: &VmFactoryHandle, host| handle.init(host).map_err(|source| FactoryError::Init { plugin: handle.plugin().to_owned(), source });
+        init(&base, host(Arc::new(builtin_new())))?;
+        init(&plugin, host(base))?;
+        tracing::info!(factory = %section.plugin, base = %section.base(), "VM factory started");
+        Ok(Factory { handle: Arc::new(plugin), _host_runtime: runtime, _work_dir: work_dir })
+    }
+
+    /// The factory plugin's name.
+    pub fn plugin(&self) -> &str {
+        self.handle.plugin()
+    }
+
+    /// A VM for `sandbox_id` under `hypervisor`'s run directory (blocking).
+    pub fn new_vm(&self, hypervisor: &HypervisorHandle, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
+        self.handle.new_vm(hypervisor.raw(), sandbox_id, config)
+    }
+
+    /// What the factory holds (blocking).
+    pub fn status(&self) -> Result<FactoryStatus, PluginError> {
+        self.handle.status()
+    }
+}
+
+impl Drop for Factory {
+    fn drop(&mut self) {
+        if let Err(e) = self.handle.close() {
+            tracing::error!(factory = %self.handle.plugin(), "closing the VM factory failed: {e}");
+        }
+    }
+}
+
+/// The `new` factory compiled into the core: what a runtime without `[factory]` uses, and the
+/// base of last resort (when static plugins are off and no `new` library is installed).
+fn builtin_new() -> VmFactoryHandle {
+    VmFactoryHandle::new(factory_into_ffi(factory_new::NewFactory), "new")
+}
+
+/// Opens factory plugin `name` from the registry; `new` falls back to the built-in one.
+fn open_factory(config: &RuntimeConfig, registry: &Registry, name: &str, settings: &serde_json::Value) -> Result<VmFactoryHandle, FactoryError> {
+    match registry.open_vm_factory(name, settings) {
+        Ok(handle) => Ok(handle),
+        Err(RegistryError::Unknown { .. }) if name == "new" => {
+            factory_new::NewFactory::new(&serde_json::to_vec(settings).unwrap_or_default())
+                .map(|f| VmFactoryHandle::new(factory_into_ffi(f), "new"))
+                .map_err(|source| open_error(config, RegistryError::Instance { kind: plugin_api::PluginKind::VM_FACTORY, name: name.into(), source }))
+        }
+        Err(e) => Err(open_error(config, e)),
+    }
+}
+
+fn open_error(config: &RuntimeConfig, source: RegistryError) -> FactoryError {
+    FactoryError::Open { file: config.file.clone(), source: Box::new(source) }
+}
+
+/// The hypervisor instance for the factory's own VMs: the runtime's plugin with `run_dir` set
+/// to `run_dir` (`<work_dir>/vms`).
+fn open_pool_hypervisor(
+    registry: &Registry,
+    section: &HypervisorSection,
+    run_dir: &std::path::Path,
+    main: &Arc<HypervisorHandle>,
+) -> Result<Arc<HypervisorHandle>, FactoryError> {
+    let mut settings = section.settings_json();
+    let run_dir = run_dir.to_owned();
+    let Some(object) = settings.as_object_mut() else { return Ok(main.clone()) };
+    object.insert("run_dir".into(), serde_json::json!(run_dir));
+    match registry.open_hypervisor(&section.plugin, &settings) {
+        Ok(handle) => Ok(Arc::new(handle)),
+        Err(source) => Err(FactoryError::PoolHypervisor { run_dir, source: Box::new(source) }),
+    }
+}
+
+impl FactorySection {
+    /// Checks that the pool's disks are files; the error names the key and the path.
+    pub fn check_files(&self, file: &std::path::Path) -> Result<(), crate::config::ConfigError> {
+        for d in &self.disks {
+            if !d.path.is_file() {
+                return Err(crate::config::ConfigError::Invalid {
+                    path: file.to_owned(),
+                    key: "factory.disks",
+                    reason: format!("{} (disk {:?}) is not a file", d.path.display(), d.name),
+                });
+            }
+        }
+        Ok(())
+    }
+}
