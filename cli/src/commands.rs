@@ -107,24 +107,6 @@ pub fn store(config_path: &Path, cmd: StoreCommand, format: Format) -> Result<()
     Ok(())
 }
 
-/// `sandboxctl conformance LIB`
-pub fn conformance(library: &Path, plugin_config: &str) -> Result<()> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let json = plugin_config.replace("{dir}", &dir.path().join("store").to_string_lossy());
-    let config: serde_json::Value =
-        serde_json::from_str(&json).with_context(|| format!("--plugin-config is not JSON: {json}"))?;
-    let mut registry = Registry::new();
-    let name = registry.add_library(library)?.name.clone();
-    let storage = registry.open_storage(&name, &config)?;
-    println!("MetadataStorage conformance of {name:?} ({})", library.display());
-    let report = plugin_api::conformance::storage::run(&storage);
-    println!("{report}");
-    if !report.passed() {
-        bail!("{} conformance checks failed", report.failures().count());
-    }
-    Ok(())
-}
-
 /// `sandboxctl demo`
 pub fn demo(config_path: &Path) -> Result<()> {
     let (config, registry, storage) = open(config_path)?;

@@ -3,7 +3,9 @@
 
 mod attach;
 mod commands;
+mod conformance;
 mod containers;
+mod factory;
 mod output;
 mod sandboxes;
 mod signals;
@@ -48,13 +50,16 @@ enum Command {
     /// Operate on the configured metadata store.
     #[command(subcommand)]
     Store(commands::StoreCommand),
-    /// Run the MetadataStorage conformance suite against a plugin library.
+    /// Run the conformance kit of a plugin library's kind against it (storage; hypervisor and
+    /// factory boot the guest image of the config's [hypervisor] table).
     Conformance {
         /// The plugin library (`.so`).
         library: PathBuf,
         /// The plugin's config as JSON; `{dir}` is replaced by a fresh temporary directory.
-        #[arg(long, default_value = r#"{"path": "{dir}"}"#)]
-        plugin_config: String,
+        /// Default: storage `{"path": "{dir}/store"}`, a hypervisor or factory the config's
+        /// settings of that plugin.
+        #[arg(long)]
+        plugin_config: Option<String>,
     },
     /// The storage demo: list the plugins, then save, load, list and delete a record.
     Demo,
@@ -110,6 +115,9 @@ enum Command {
     /// Operate on the containers of a sandbox.
     #[command(subcommand)]
     Container(containers::ContainerCommand),
+    /// The VM factory server: init, serve, status, destroy.
+    #[command(subcommand)]
+    Factory(factory::FactoryCommand),
 }
 
 fn main() {
@@ -131,7 +139,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Plugins => done(commands::plugins(&cli.config, format)),
         Command::Store(cmd) => done(commands::store(&cli.config, cmd, format)),
-        Command::Conformance { library, plugin_config } => done(commands::conformance(&library, &plugin_config)),
+        Command::Conformance { library, plugin_config } => done(conformance::run(&library, plugin_config.as_deref(), &cli.config)),
         Command::Demo => done(commands::demo(&cli.config)),
         command => {
             let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -144,6 +152,9 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 async fn sandbox_command(config: &std::path::Path, command: Command, format: output::Format) -> Result<i32> {
+    if let Command::Factory(cmd) = command {
+        return factory::run(config, cmd, format).await.map(|()| 0);
+    }
     let runtime = runtime_core::sandbox::Runtime::from_file(config).map_err(anyhow::Error::from_boxed)?;
     let done = |r: Result<()>| r.map(|()| 0);
     match command {
@@ -158,6 +169,8 @@ async fn sandbox_command(config: &std::path::Path, command: Command, format: out
         Command::Resume { id } => done(sandboxes::pause(&runtime, &id, false).await),
         Command::Console { id } => done(sandboxes::console(&runtime, &id).await),
         Command::Container(cmd) => containers::run(&runtime, cmd, format).await,
-        Command::Plugins | Command::Store(_) | Command::Conformance { .. } | Command::Demo => anyhow::bail!("not a sandbox command"),
+        Command::Plugins | Command::Store(_) | Command::Conformance { .. } | Command::Demo | Command::Factory(_) => {
+            anyhow::bail!("not a sandbox command")
+        }
     }
 }

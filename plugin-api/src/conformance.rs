@@ -1,8 +1,12 @@
 //! Conformance kits: the behaviour every plugin of a kind must show, runnable against any
-//! loaded plugin. `sandboxctl conformance LIB.so` runs the storage kit against a plugin
-//! library, loaded as the runtime loads it (`docs/PLUGIN-VENDORS.md`); the workspace's own
-//! tests run it against the built-in storage plugins (`tests/tests/storage_conformance.rs`).
+//! loaded plugin: [`storage`], [`hypervisor`] (boots the guest image) and [`factory`].
+//! `sandboxctl conformance LIB.so` runs the kit of the library's kind, loaded as the runtime
+//! loads it (`docs/PLUGIN-VENDORS.md`); the workspace's own tests run them against the
+//! built-in plugins (`tests/tests/storage_conformance.rs`, `tests/tests/factory.rs`), so a kit
+//! that cannot fail would show there.
 
+pub mod factory;
+pub mod hypervisor;
 pub mod storage;
 
 /// The outcome of one check.

@@ -25,6 +25,8 @@
 //! base = "new"                                 # the factory a cache fills its pool with
 //! disks = [{ name = "rootfs", path = "/var/lib/sandbox-runtime/rootfs.img" }]
 //!                                              # disks every pooled VM has (read-only)
+//! server = "/run/sandbox-runtime/factory.sock" # optional: take VMs from the factory server
+//!                                              # (`sandboxctl factory init`) on this socket
 //! size = 2                                     # every other key goes to the plugin; a table
 //!                                              # named after `base` goes to the base plugin
 //!
@@ -178,6 +180,10 @@ pub struct FactorySection {
     /// these disks), as a sandbox's `[[disks]]`.
     #[serde(default, deserialize_with = "crate::sandbox::config::strict_disks")]
     pub disks: Vec<plugin_api::hypervisor::DiskConfig>,
+    /// The Unix socket of a factory server (`sandboxctl factory init`): when set, runtimes take
+    /// their VMs from the server that holds the factory instead of opening it themselves.
+    #[serde(default)]
+    pub server: Option<PathBuf>,
     /// Everything else in the table: the plugin's own settings.
     #[serde(flatten)]
     pub settings: toml::Table,
@@ -329,6 +335,12 @@ impl RuntimeConfig {
             }
             if let Some(base) = f.base.as_ref().filter(|b| b.trim().is_empty() || **b == f.plugin) {
                 return Err(invalid("factory.base", format!("is {base:?}; name another VM factory plugin (new)")));
+            }
+            if let Some(server) = &mut f.server {
+                relative(server);
+                if server.as_os_str().len() > 107 {
+                    return Err(invalid("factory.server", format!("{} is longer than a Unix socket path may be (107 bytes)", server.display())));
+                }
             }
             for d in &mut f.disks {
                 plugin_api::hypervisor::DiskConfig::validate_name(&d.name).map_err(|e| invalid("factory.disks", e.message.to_string()))?;

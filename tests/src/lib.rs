@@ -9,25 +9,6 @@ pub mod qemu;
 pub mod rules;
 pub mod sandbox;
 
-/// Runs each async test function `$name(hv)` once per hypervisor plugin, as `$name::qemu`
-/// (QEMU/TCG, tier 3) and `$name::kvm` (our vmm: a `/dev/kvm` that boots Linux, here the
-/// nested L1 of `cargo xtask nested-test`, tier 4).
-#[macro_export]
-macro_rules! on_both_hypervisors {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn qemu() {
-                super::$name($crate::sandbox::Hypervisor::Qemu).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn kvm() {
-                super::$name($crate::sandbox::Hypervisor::Kvm).await
-            }
-        }
-    )*};
-}
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -55,19 +55,22 @@ pub fn write_config(dir: &Path, image: &GuestImage) -> PathBuf {
 
 /// Writes the config for `image` under `dir`, on hypervisor `hv`.
 pub fn write_config_for(dir: &Path, image: &GuestImage, hv: Hypervisor) -> PathBuf {
-    write_config_with(dir, image, hv, "")
+    write_config_full(dir, image, hv, "", true)
 }
 
-/// [`write_config_for`] with `extra` (whole TOML tables, such as `[factory]`) appended.
-pub fn write_config_with(dir: &Path, image: &GuestImage, hv: Hypervisor, extra: &str) -> PathBuf {
+/// [`write_config_for`] with `extra` (whole TOML tables, such as `[factory]`) appended;
+/// without `network`, the `kvm` plugin's VMs get no NIC (its
+/// `tap:<name>` is one tap, so only one VM at a time can have it: a factory's pool and the
+/// sandboxes it serves run several VMs at once).
+pub fn write_config_full(dir: &Path, image: &GuestImage, hv: Hypervisor, extra: &str, network: bool) -> PathBuf {
     let config = dir.join("config.toml");
     let hypervisor = match hv {
         Hypervisor::Qemu => format!("plugin = \"qemu\"\nkernel = {:?}", image.vmlinuz),
         Hypervisor::Kvm => format!(
-            "plugin = \"kvm\"\nkernel = {:?}\nvmm = {:?}\nnetwork = \"tap:{}\"",
+            "plugin = \"kvm\"\nkernel = {:?}\nvmm = {:?}\nnetwork = \"{}\"",
             image.vmlinux,
             crate::kvm::vmm_binary(),
-            tap_name(dir)
+            if network { format!("tap:{}", tap_name(dir)) } else { "none".into() }
         ),
     };
     let text = format!(
@@ -89,13 +92,20 @@ impl TestRuntime {
 
     /// A fresh runtime for `image` on hypervisor `hv`.
     pub fn on(image: &GuestImage, hv: Hypervisor) -> TestRuntime {
-        TestRuntime::with(image, hv, "")
+        let dir = crate::private_dir();
+        let config = write_config_for(dir.path(), image, hv);
+        TestRuntime::open(dir, config, hv)
     }
 
-    /// A fresh runtime for `image` on hypervisor `hv`, its config ending with `extra`.
+    /// A fresh runtime for `image` on hypervisor `hv`, its config ending with `extra`, its
+    /// VMs without a NIC on `kvm` (see [`write_config_full`]): for VM factories.
     pub fn with(image: &GuestImage, hv: Hypervisor, extra: &str) -> TestRuntime {
         let dir = crate::private_dir();
-        let config = write_config_with(dir.path(), image, hv, extra);
+        let config = write_config_full(dir.path(), image, hv, extra, false);
+        TestRuntime::open(dir, config, hv)
+    }
+
+    fn open(dir: tempfile::TempDir, config: PathBuf, hv: Hypervisor) -> TestRuntime {
         let runtime = Runtime::from_file(&config).unwrap_or_else(|e| panic!("runtime from {}: {e}", config.display()));
         TestRuntime { dir, config, runtime, hypervisor: hv }
     }
@@ -229,3 +239,22 @@ pub async fn read_until(reader: &mut OutputReader, needle: &str) -> String {
     seen
 }
 
+
+/// Runs each async test function `$name(hv)` once per hypervisor plugin, as `$name::qemu`
+/// (QEMU/TCG, tier 3) and `$name::kvm` (our vmm: a `/dev/kvm` that boots Linux, here the
+/// nested L1 of `cargo xtask nested-test`, tier 4).
+#[macro_export]
+macro_rules! on_both_hypervisors {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn qemu() {
+                super::$name($crate::sandbox::Hypervisor::Qemu).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn kvm() {
+                super::$name($crate::sandbox::Hypervisor::Kvm).await
+            }
+        }
+    )*};
+}

@@ -13,6 +13,7 @@ mod build;
 mod deps;
 mod guest;
 mod nested;
+mod prune;
 mod tasks;
 
 use anyhow::{bail, Result};

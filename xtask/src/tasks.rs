@@ -115,6 +115,9 @@ pub fn test(extra: &[String]) -> Result<()> {
         Ok(line) => line.clone(),
         Err(e) => format!("nested KVM FAILED ({e:#})"),
     };
+    // The size line, then the tiers line last (the contract: .ci/run ends with the runner's
+    // summaries and the tiers line).
+    println!("{}", crate::prune::prune(&target_dir()?));
     println!("{}", tiers_line(&nested_line));
     result?;
     nested.map(|_| ())
@@ -138,5 +141,6 @@ pub fn bench(extra: &[String]) -> Result<()> {
     run(cargo().args(["bench", "-p", "integration-tests", "--bench", "storage", "--"]).args(extra))?;
     crate::guest::build(&target_dir()?)?;
     run(cargo().args(["bench", "-p", "integration-tests", "--bench", "guest_boot"]))?;
-    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "sandbox_lifecycle"]))
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "sandbox_lifecycle"]))?;
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "factory"]))
 }

@@ -86,3 +86,30 @@ pub async fn connect_claimed(
         .await
         .map_err(|_| AgentError::Timeout { address: endpoint.to_string(), after: timeout })?
 }
+
+/// Whether the agent answers within `timeout` at one of `endpoints` (a hypervisor plugin's
+/// endpoint text), counted from the last: `nth` 0 is the last, 1 the one before, and so on
+/// round. Connect, handshake and a health check; `Err` says why not. For a VM that no sandbox
+/// owns yet (a factory's pooled VM, a conformance kit's), so it claims no channel.
+///
+/// The last address is the one a sandbox's processes take last (they claim the first free
+/// one), and a serial port a probe has used is best not used again at once: the agent's end
+/// of it may still be in the old session (see [`connect_claimed`]). So a pool probes the last
+/// port and its sandbox starts on the first; a caller that probes one VM repeatedly passes a
+/// new `nth` each time.
+pub async fn probe(endpoints: &str, nth: usize, timeout: Duration) -> Result<(), String> {
+    let list = parse_endpoints(endpoints).map_err(|e| format!("agent endpoint {endpoints:?}: {e}"))?;
+    if list.is_empty() {
+        return Err("the VM has no agent endpoint".to_owned());
+    }
+    let endpoint = list[list.len() - 1 - nth % list.len()].clone();
+    let answered = async {
+        let client = connect(&endpoint, timeout).await.map_err(|e| format!("the agent at {endpoint}: {}", error_report::chain(&e)))?;
+        client.health().await.map_err(|e| format!("the agent's health check at {endpoint}: {}", error_report::chain(&e)))?;
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, answered).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!("the agent at {endpoint} did not answer within {} s", timeout.as_secs())),
+    }
+}

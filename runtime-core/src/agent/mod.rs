@@ -7,7 +7,7 @@ mod yamux;
 
 pub use client::{AgentClient, RawClient};
 pub use dial::{BoxedIo, Dialer};
-pub use endpoint::{connect, connect_claimed, connect_once, parse_endpoints, Endpoint, EndpointError};
+pub use endpoint::{connect, connect_claimed, connect_once, parse_endpoints, probe, Endpoint, EndpointError};
 pub use yamux::YamuxSession;
 
 /// Why talking to the agent failed.

@@ -3,7 +3,7 @@
 //! wait for a VM's agent (which needs the core's agent client, so it runs on a small tokio
 //! runtime of its own: factories call the host from their own threads).
 
-use crate::agent::{connect, parse_endpoints};
+use crate::agent::probe;
 use plugin_api::factory::{FactoryHost, VmFactoryHandle};
 use plugin_api::hypervisor::{HypervisorBox, HypervisorConfig, HypervisorHandle};
 use plugin_api::payload::Payload;
@@ -35,9 +35,10 @@ impl HostRuntime {
         }
     }
 
-    /// None (a factory that never asks the host to wait).
-    pub fn none() -> HostRuntime {
-        HostRuntime(None)
+    /// Runs `future` to its end on this runtime (from a thread that is not async); `None`
+    /// when the runtime could not be started.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        self.0.as_ref().map(|rt| rt.block_on(future))
     }
 }
 
@@ -72,29 +73,18 @@ impl Host {
     }
 
     fn wait(&self, vm: &[u8], console_log: &str, timeout: Duration) -> Result<(), PluginError> {
-        let Some(rt) = &self.runtime.0 else { return Err(PluginError::other("the VM factory host has no runtime to wait with")) };
         let hv = &self.pool_hypervisor;
         let endpoints = hv.agent_endpoint(vm)?;
-        let endpoint = parse_endpoints(&endpoints)
-            .map_err(|e| PluginError::invalid_input(format!("agent endpoint {endpoints:?}: {e}")))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| PluginError::invalid_input("the VM has no agent endpoint"))?;
         let timeout = timeout.min(self.boot_timeout);
-        rt.block_on(async {
-            let ready = async {
-                let client = connect(&endpoint, timeout).await.map_err(|e| PluginError::other(format!("the agent at {endpoint}: {}", error_report::chain(&e))))?;
-                client.health().await.map_err(|e| PluginError::other(format!("the agent's health check at {endpoint}: {}", error_report::chain(&e))))?;
-                Ok(())
-            };
+        let waited = self.runtime.block_on(async {
             tokio::select! {
-                r = ready => r,
+                r = probe(&endpoints, 0, timeout) => r.map_err(PluginError::other),
                 status = died(hv, vm) => Err(PluginError::other(format!(
                     "the VM is {status} before its agent answered; console: {}", console_tail(Path::new(console_log))
                 ))),
-                _ = tokio::time::sleep(timeout) => Err(PluginError::other(format!("its agent did not answer within {} s", timeout.as_secs()))),
             }
-        })
+        });
+        waited.unwrap_or_else(|| Err(PluginError::other("the VM factory host has no runtime to wait with")))
     }
 }
 

@@ -5,14 +5,18 @@
 //!
 //! The factory is opened at the first VM a runtime needs, not when the runtime is made, so
 //! a command that makes no VM (`list`, `status`) starts no pool; it is closed (its pool's VMs
-//! stopped) when the runtime is dropped.
+//! stopped) when the runtime is dropped. With `[factory] server`, the factory lives in the
+//! factory server ([`server`]) and the runtime asks it for each VM ([`remote`]).
 
 mod host;
+pub mod remote;
+pub mod server;
 mod workdir;
 
 use crate::config::{FactorySection, HypervisorSection, RuntimeConfig};
 use crate::plugins::{Registry, RegistryError};
 use host::{Host, HostRuntime};
+use remote::{Remote, ServerStatus};
 use plugin_api::factory::{factory_into_ffi, FactoryHost_TO, FactoryStatus, VmFactoryHandle};
 use plugin_api::hypervisor::{DiskConfig, HypervisorConfig, HypervisorHandle};
 use plugin_api::PluginError;
@@ -72,34 +76,68 @@ pub fn vm_config(section: &HypervisorSection, vcpus: Option<u32>, memory_mib: Op
     }
 }
 
-/// The opened factory of a runtime, with what keeps it working.
+/// The opened factory of a runtime.
 pub(crate) struct Factory {
-    handle: Arc<VmFactoryHandle>,
-    _host_runtime: Arc<HostRuntime>,
-    _work_dir: workdir::WorkDir,
+    plugin: String,
+    mode: Mode,
+}
+
+enum Mode {
+    /// The factory runs in this process.
+    Local { handle: Arc<VmFactoryHandle>, _runtime: Arc<HostRuntime>, _work_dir: workdir::WorkDir },
+    /// The factory server holds it; `fallback` (the built-in `new`) serves when it is down.
+    Remote { remote: Remote, fallback: VmFactoryHandle, runtime: HostRuntime },
+}
+
+/// What a factory holds: its own status, or its server's.
+#[derive(Debug, Clone)]
+pub enum Status {
+    /// The factory runs in this process.
+    Local(FactoryStatus),
+    /// The factory server's.
+    Server(ServerStatus),
 }
 
 impl Factory {
-    /// Opens the factory `config` names (the built-in `new` without a `[factory]` table) and
-    /// starts it.
+    /// Opens the factory `config` names: the built-in `new` without a `[factory]` table, a
+    /// client of the factory server with `[factory] server`, else the factory itself.
     pub fn open(config: &RuntimeConfig, registry: &Registry, hypervisor: &Arc<HypervisorHandle>) -> Result<Factory, FactoryError> {
+        match &config.factory {
+            Some(FactorySection { plugin, server: Some(socket), .. }) => Ok(Factory {
+                plugin: plugin.clone(),
+                mode: Mode::Remote { remote: Remote::new(socket), fallback: builtin_new(), runtime: HostRuntime::new() },
+            }),
+            _ => Factory::open_local(config, registry, hypervisor),
+        }
+    }
+
+    /// Opens the factory `config` names in this process (what the factory server runs) and
+    /// starts it.
+    pub fn open_local(config: &RuntimeConfig, registry: &Registry, hypervisor: &Arc<HypervisorHandle>) -> Result<Factory, FactoryError> {
         let (section, hv_section) = match (&config.factory, &config.hypervisor) {
             (Some(f), Some(h)) => (f.clone(), h),
-            (None, Some(_)) => {
+            _ => {
                 let handle = Arc::new(builtin_new());
-                return Ok(Factory { handle, _host_runtime: Arc::new(HostRuntime::none()), _work_dir: workdir::WorkDir::none() });
+                let mode = Mode::Local { handle, _runtime: Arc::new(HostRuntime::new()), _work_dir: workdir::WorkDir::none() };
+                return Ok(Factory { plugin: "new".into(), mode });
             }
-            (_, None) => unreachable!("a factory is opened only with a hypervisor (config parsing checks [factory] has one)"),
         };
-        let open = |name: &str, settings: &serde_json::Value| open_factory(config, registry, name, settings);
-        let plugin = open(&section.plugin, &section.settings_json())?;
-        let base = Arc::new(open(section.base(), &section.base_settings_json())?);
-        for dead in workdir::stale(&config.runtime.state_dir) {
-            match open_pool_hypervisor(registry, hv_section, &dead.join("vms"), hypervisor) {
-                Ok(hv) => workdir::reap(&dead, &hv),
-                Err(e) => tracing::warn!("reaping {}: {}", dead.display(), crate::plugins::error_chain(&e)),
-            }
-        }
+        let plugin = open_factory(config, registry, &section.plugin, &section.settings_json())?;
+        Factory::start(config, registry, hypervisor, hv_section, &section, plugin)
+    }
+
+    /// Starts the opened factory plugin `plugin` as `section` describes: its base, its work
+    /// directory, its host (dead processes' factories reaped first).
+    fn start(
+        config: &RuntimeConfig,
+        registry: &Registry,
+        hypervisor: &Arc<HypervisorHandle>,
+        hv_section: &HypervisorSection,
+        section: &FactorySection,
+        plugin: VmFactoryHandle,
+    ) -> Result<Factory, FactoryError> {
+        let base = Arc::new(open_factory(config, registry, section.base(), &section.base_settings_json())?);
+        reap_dead(config, registry, hypervisor);
         let work_dir = workdir::WorkDir::claim(&config.runtime.state_dir, &section.plugin)?;
         let pool_hypervisor = open_pool_hypervisor(registry, hv_section, &work_dir.path().join("vms"), hypervisor)?;
         let runtime = Arc::new(HostRuntime::new());
@@ -113,31 +151,107 @@ impl Factory {
         init(&base, host(Arc::new(builtin_new())))?;
         init(&plugin, host(base))?;
         tracing::info!(factory = %section.plugin, base = %section.base(), "VM factory started");
-        Ok(Factory { handle: Arc::new(plugin), _host_runtime: runtime, _work_dir: work_dir })
+        let mode = Mode::Local { handle: Arc::new(plugin), _runtime: runtime, _work_dir: work_dir };
+        Ok(Factory { plugin: section.plugin.clone(), mode })
     }
 
     /// The factory plugin's name.
     pub fn plugin(&self) -> &str {
-        self.handle.plugin()
+        &self.plugin
     }
 
-    /// A VM for `sandbox_id` under `hypervisor`'s run directory (blocking).
+    /// The plugin instance, where it runs in this process.
+    pub fn local(&self) -> Option<&VmFactoryHandle> {
+        match &self.mode {
+            Mode::Local { handle, .. } => Some(handle),
+            Mode::Remote { .. } => None,
+        }
+    }
+
+    /// A VM for `sandbox_id` under `hypervisor`'s run directory (blocking). A factory server
+    /// that does not answer is logged and the VM cold-boots here instead.
     pub fn new_vm(&self, hypervisor: &HypervisorHandle, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
-        self.handle.new_vm(hypervisor.raw(), sandbox_id, config)
+        match &self.mode {
+            Mode::Local { handle, .. } => handle.new_vm(hypervisor.raw(), sandbox_id, config),
+            Mode::Remote { remote, fallback, runtime } => match runtime.block_on(remote.new_vm(sandbox_id, config)) {
+                Some(Ok(vm)) => Ok(vm),
+                Some(Err(e @ (remote::RemoteError::Unreachable { .. } | remote::RemoteError::BadReply { .. }))) => {
+                    tracing::warn!(sandbox = sandbox_id, "{}: cold boot here instead", error_report::chain(&e));
+                    fallback.new_vm(hypervisor.raw(), sandbox_id, config)
+                }
+                Some(Err(e)) => Err(PluginError::other(error_report::chain(&e))),
+                None => fallback.new_vm(hypervisor.raw(), sandbox_id, config),
+            },
+        }
     }
 
     /// What the factory holds (blocking).
-    pub fn status(&self) -> Result<FactoryStatus, PluginError> {
-        self.handle.status()
+    pub fn status(&self) -> Result<Status, PluginError> {
+        match &self.mode {
+            Mode::Local { handle, .. } => handle.status().map(Status::Local),
+            Mode::Remote { remote, runtime, .. } => match runtime.block_on(remote.status()) {
+                Some(Ok(s)) => Ok(Status::Server(s)),
+                Some(Err(e)) => Err(PluginError::other(error_report::chain(&e))),
+                None => Err(PluginError::other("no runtime to ask the factory server with")),
+            },
+        }
     }
 }
 
 impl Drop for Factory {
     fn drop(&mut self) {
-        if let Err(e) = self.handle.close() {
-            tracing::error!(factory = %self.handle.plugin(), "closing the VM factory failed: {e}");
+        if let Mode::Local { handle, .. } = &self.mode {
+            if let Err(e) = handle.close() {
+                tracing::error!(factory = %self.plugin, "closing the VM factory failed: {e}");
+            }
         }
     }
+}
+
+/// Starts the factory plugin instance `plugin` as a runtime of `config` would (its base,
+/// work directory and host; `[factory]`'s disks and base where the config has that table),
+/// runs `kit` on it (a conformance kit), then closes it.
+pub fn with_started<R>(
+    config: &RuntimeConfig,
+    registry: &Registry,
+    hypervisor: &Arc<HypervisorHandle>,
+    plugin: VmFactoryHandle,
+    kit: impl FnOnce(&VmFactoryHandle) -> R,
+) -> Result<R, FactoryError> {
+    let Some(hv_section) = &config.hypervisor else {
+        return Err(open_error(config, RegistryError::Instance {
+            kind: plugin_api::PluginKind::VM_FACTORY,
+            name: plugin.plugin().to_owned(),
+            source: PluginError::invalid_input("the config has no [hypervisor] table to make VMs with"),
+        }));
+    };
+    let section = match &config.factory {
+        Some(f) if f.plugin == plugin.plugin() => f.clone(),
+        other => FactorySection {
+            plugin: plugin.plugin().to_owned(),
+            base: None,
+            disks: other.as_ref().map(|f| f.disks.clone()).unwrap_or_default(),
+            server: None,
+            settings: Default::default(),
+        },
+    };
+    let factory = Factory::start(config, registry, hypervisor, hv_section, &section, plugin)?;
+    let handle = factory.local().expect("a started factory runs here");
+    Ok(kit(handle))
+}
+
+/// Stops the VMs that factories of dead processes left under `config`'s state directory and
+/// removes their work directories; returns how many directories there were.
+pub fn reap_dead(config: &RuntimeConfig, registry: &Registry, hypervisor: &Arc<HypervisorHandle>) -> usize {
+    let Some(section) = &config.hypervisor else { return 0 };
+    let dead = workdir::stale(&config.runtime.state_dir);
+    for dir in &dead {
+        match open_pool_hypervisor(registry, section, &dir.join("vms"), hypervisor) {
+            Ok(hv) => workdir::reap(dir, &hv),
+            Err(e) => tracing::warn!("reaping {}: {}", dir.display(), crate::plugins::error_chain(&e)),
+        }
+    }
+    dead.len()
 }
 
 /// The `new` factory compiled into the core: what a runtime without `[factory]` uses, and the

@@ -53,6 +53,11 @@ impl RuntimeContext {
         .await?
     }
 
+    /// The plugins found.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The hypervisor plugin and its config section.
     pub fn hypervisor(&self) -> Result<(&Arc<HypervisorHandle>, &HypervisorSection), SandboxError> {
         self.hypervisor.as_ref().map(|(h, s)| (h, s)).ok_or(SandboxError::NoHypervisor)

@@ -15,7 +15,7 @@
 
 pub mod config;
 mod containers;
-mod context;
+pub(crate) mod context;
 mod guest;
 mod hotplug;
 mod lifecycle;

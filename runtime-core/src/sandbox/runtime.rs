@@ -103,7 +103,20 @@ impl Runtime {
     pub async fn factory_status(&self) -> Result<FactoryStatus, SandboxError> {
         let factory = self.inner.factory().await?;
         let plugin = factory.plugin().to_owned();
-        blocking(move || factory.status()).await?.map_err(|source| SandboxError::Factory { plugin, op: "report its status".into(), source })
+        let status = blocking(move || factory.status()).await?.map_err(|source| SandboxError::Factory { plugin, op: "report its status".into(), source })?;
+        Ok(match status {
+            crate::factory::Status::Local(s) => s,
+            crate::factory::Status::Server(s) => s.status,
+        })
+    }
+
+    /// Stops the VMs that the VM factories of dead processes left (a factory server or a
+    /// runtime killed before it closed its pool) and removes their work directories; returns
+    /// how many such factories there were.
+    pub async fn reap_dead_factories(&self) -> Result<usize, SandboxError> {
+        let (hv, _) = self.inner.hypervisor()?;
+        let (hv, ctx) = (hv.clone(), self.inner.clone());
+        blocking(move || crate::factory::reap_dead(&ctx.config, ctx.registry(), &hv)).await
     }
 
     /// StatusSandbox: the detailed status of one sandbox, its containers' states refreshed from

@@ -140,11 +140,13 @@ pub struct Options {
     pub huge_pages: bool,
     /// How many times each suite runs in the one L1.
     pub repeat: usize,
+    /// Only the suite of this test target (`factory`), when set.
+    pub only: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { timeout: Duration::from_secs(BINARY_TIMEOUT_S * SUITES.len() as u64 + 60), huge_pages: false, repeat: 1 }
+        Options { timeout: Duration::from_secs(BINARY_TIMEOUT_S * SUITES.len() as u64 + 60), huge_pages: false, repeat: 1, only: None }
     }
 }
 
@@ -155,8 +157,11 @@ pub fn run_suites(options: &Options) -> Result<Vec<String>> {
     crate::build::build_for_nested()?;
     crate::guest::build(&target)?;
     let mut binaries = Vec::new();
-    for (package, test, filter) in SUITES {
+    for (package, test, filter) in SUITES.iter().filter(|(_, test, _)| options.only.as_deref().is_none_or(|o| o == *test)) {
         binaries.push((format!("{package}/{test}"), test_executable(package, test)?, filter.to_string()));
+    }
+    if binaries.is_empty() {
+        bail!("no nested suite is named {:?}; the suites: {}", options.only.as_deref().unwrap_or(""), SUITES.iter().map(|s| s.1).collect::<Vec<_>>().join(", "));
     }
     let text = script(&binaries, options);
     let image = l1::build_with(&target, &["sh".into(), "-c".into(), text])?;
@@ -174,9 +179,9 @@ pub fn run_suites(options: &Options) -> Result<Vec<String>> {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask nested-test [--timeout SECS] [--repeat N] [--huge-pages]";
+const USAGE: &str = "usage: cargo xtask nested-test [--timeout SECS] [--repeat N] [--huge-pages] [--only TEST]";
 
-/// `cargo xtask nested-test [--timeout SECS] [--repeat N] [--huge-pages]`.
+/// `cargo xtask nested-test [--timeout SECS] [--repeat N] [--huge-pages] [--only TEST]`.
 pub fn task(args: &[String]) -> Result<()> {
     let mut options = Options::default();
     let mut timeout = None;
@@ -186,6 +191,7 @@ pub fn task(args: &[String]) -> Result<()> {
             "--timeout" => timeout = Some(super::timeout_arg(it.next())?),
             "--repeat" => options.repeat = it.next().and_then(|s| s.parse().ok()).filter(|n| *n > 0).context("--repeat needs a positive number")?,
             "--huge-pages" => options.huge_pages = true,
+            "--only" => options.only = Some(it.next().context("--only needs a test target (sandbox_api, factory, vmm_devices, vmm_api)")?.clone()),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
