@@ -156,4 +156,14 @@ fn a_bad_runtime_config_is_named_on_one_line() {
     refused(d, &bad, &["list"], 1, &["bad.toml, table [hypervisor]", "accelerator"]);
     std::fs::write(&bad, "[storage\nplugin = 'fs'\n").expect("file");
     refused(d, &bad, &["list"], 1, &["bad.toml", "line 1"]);
+    // A [factory] table is checked by every command, though the factory starts only with a VM.
+    let factory = |table: &str| format!("[storage]\nplugin = 'fs'\npath = 'store'\n[hypervisor]\nplugin = 'qemu'\nkernel = 'k'\n[factory]\n{table}");
+    std::fs::write(&bad, factory("plugin = 'cache'\nsize = 1\nsise = 2\n")).expect("file");
+    refused(d, &bad, &["list"], 1, &["bad.toml, table [factory]", "unknown field `sise`"]);
+    std::fs::write(&bad, factory("plugin = 'cache'\nsize = 0\n")).expect("file");
+    refused(d, &bad, &["list"], 1, &["bad.toml, table [factory]", "size = 0: must be 1 to 64"]);
+    std::fs::write(&bad, factory("plugin = 'nosuch'\n")).expect("file");
+    refused(d, &bad, &["list"], 1, &["bad.toml, table [factory]", "no factory plugin named \"nosuch\"; available: "]);
+    std::fs::write(&bad, factory("plugin = 'cache'\nsize = 1\ndisks = [{ name = 'r', path = 'r.img', ro = true }]\n")).expect("file");
+    refused(d, &bad, &["list"], 1, &["bad.toml", "unknown field `ro`"]);
 }

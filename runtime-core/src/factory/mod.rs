@@ -122,7 +122,7 @@ impl Factory {
                 return Ok(Factory { plugin: "new".into(), mode });
             }
         };
-        let plugin = open_factory(config, registry, &section.plugin, &section.settings_json())?;
+        let plugin = open_factory(registry, &section.plugin, &section.settings_json()).map_err(|e| open_error(config, e))?;
         Factory::start(config, registry, hypervisor, hv_section, &section, plugin)
     }
 
@@ -136,7 +136,7 @@ impl Factory {
         section: &FactorySection,
         plugin: VmFactoryHandle,
     ) -> Result<Factory, FactoryError> {
-        let base = Arc::new(open_factory(config, registry, section.base(), &section.base_settings_json())?);
+        let base = Arc::new(open_factory(registry, section.base(), &section.base_settings_json()).map_err(|e| open_error(config, e))?);
         reap_dead(config, registry, hypervisor);
         let work_dir = workdir::WorkDir::claim(&config.runtime.state_dir, &section.plugin)?;
         let pool_hypervisor = open_pool_hypervisor(registry, hv_section, &work_dir.path().join("vms"), hypervisor)?;
@@ -208,6 +208,16 @@ impl Drop for Factory {
     }
 }
 
+/// Checks the `[factory]` table of `config` without starting anything: its plugin and its base
+/// exist and take their settings (instances are made and dropped; a pool starts only in
+/// `init`). A table naming a server is the server's to check.
+pub fn check(config: &RuntimeConfig, registry: &Registry) -> Result<(), RegistryError> {
+    let Some(section) = config.factory.as_ref().filter(|f| f.server.is_none()) else { return Ok(()) };
+    open_factory(registry, &section.plugin, &section.settings_json())?;
+    open_factory(registry, section.base(), &section.base_settings_json())?;
+    Ok(())
+}
+
 /// Starts the factory plugin instance `plugin` as a runtime of `config` would (its base,
 /// work directory and host; `[factory]`'s disks and base where the config has that table),
 /// runs `kit` on it (a conformance kit), then closes it.
@@ -261,15 +271,12 @@ fn builtin_new() -> VmFactoryHandle {
 }
 
 /// Opens factory plugin `name` from the registry; `new` falls back to the built-in one.
-fn open_factory(config: &RuntimeConfig, registry: &Registry, name: &str, settings: &serde_json::Value) -> Result<VmFactoryHandle, FactoryError> {
+fn open_factory(registry: &Registry, name: &str, settings: &serde_json::Value) -> Result<VmFactoryHandle, RegistryError> {
     match registry.open_vm_factory(name, settings) {
-        Ok(handle) => Ok(handle),
-        Err(RegistryError::Unknown { .. }) if name == "new" => {
-            factory_new::NewFactory::new(&serde_json::to_vec(settings).unwrap_or_default())
-                .map(|f| VmFactoryHandle::new(factory_into_ffi(f), "new"))
-                .map_err(|source| open_error(config, RegistryError::Instance { kind: plugin_api::PluginKind::VM_FACTORY, name: name.into(), source }))
-        }
-        Err(e) => Err(open_error(config, e)),
+        Err(RegistryError::Unknown { .. }) if name == "new" => factory_new::NewFactory::new(&serde_json::to_vec(settings).unwrap_or_default())
+            .map(|f| VmFactoryHandle::new(factory_into_ffi(f), "new"))
+            .map_err(|source| RegistryError::Instance { kind: plugin_api::PluginKind::VM_FACTORY, name: name.into(), source }),
+        other => other,
     }
 }
 

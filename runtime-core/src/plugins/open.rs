@@ -15,7 +15,7 @@ use thiserror::Error;
 pub struct OpenError {
     /// The config file.
     pub file: PathBuf,
-    /// The table: `plugins`, `storage` or `hypervisor`.
+    /// The table: `plugins`, `storage`, `hypervisor` or `factory`.
     pub table: &'static str,
     /// What the registry or the plugin said (boxed: it is large, and errors travel far).
     #[source]
@@ -52,6 +52,12 @@ pub fn open(config: &RuntimeConfig, hypervisor: bool) -> Result<Opened, OpenErro
         }
         _ => None,
     };
+    // The factory starts at the first VM; its plugins and their settings are checked now (and
+    // before the store is opened), so a bad [factory] table fails every command as a bad
+    // [hypervisor] does.
+    if hypervisor.is_some() {
+        crate::factory::check(config, &registry).map_err(at(config, "factory"))?;
+    }
     let storage = registry.open_storage(&config.storage.plugin, &config.storage.settings_json()).map_err(at(config, "storage"))?;
     Ok(Opened { registry, storage, hypervisor })
 }
