@@ -80,19 +80,24 @@ impl HostAgent {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    /// Connects, waiting up to 10 s for the socket.
+    /// Connects, waiting up to 10 s for the socket to accept (the file appears at bind(2),
+    /// a moment before listen(2): a connection refused then is retried).
     pub async fn connect(&self) -> AgentClient {
         let socket = self.dir.path().join("agent.sock");
+        let mut last = None;
         for _ in 0..500 {
             if socket.exists() {
                 match AgentClient::connect(Dialer::Unix(socket.clone())).await {
                     Ok(client) => return client,
-                    Err(e) => panic!("connecting: {e:?}\nagent log:\n{}", self.log()),
+                    Err(e) => last = Some(e),
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("agent socket never appeared\nagent log:\n{}", self.log())
+        match last {
+            Some(e) => panic!("connecting: {e:?}\nagent log:\n{}", self.log()),
+            None => panic!("agent socket never appeared\nagent log:\n{}", self.log()),
+        }
     }
 
     /// A busybox tree to use as a bind rootfs.
