@@ -4,6 +4,7 @@
 //! stopped by `destroy`; the sandboxes it handed out keep running), a stale socket file, a
 //! client that dies mid-hand-out (its VM is an orphan that `list` shows and `delete` stops).
 
+use hypervisor_framework::process::runs;
 use integration_tests::qemu::image_or_skip;
 use integration_tests::sandbox::write_config;
 use std::path::Path;
@@ -27,13 +28,9 @@ fn refused(config: &Path, args: &[&str], needle: &str) {
     assert!(err.contains(needle) && !err.contains("panicked"), "sandboxctl {args:?}: {needle:?} not in {err}");
 }
 
-fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
-}
-
 fn gone_within(pid: i64, time: Duration) -> bool {
     let began = Instant::now();
-    while alive(pid) {
+    while runs(pid as i32) {
         if began.elapsed() > time {
             return false;
         }
@@ -131,7 +128,7 @@ fn the_factory_server_as_an_operator_uses_it() {
     // SAFETY: kill(2) on the server this test started.
     assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
     assert!(gone_within(server, Duration::from_secs(10)));
-    assert!(refilled.iter().all(|p| alive(*p)), "the pool's VMs outlive the server until destroy");
+    assert!(refilled.iter().all(|p| runs(*p as i32)), "the pool's VMs outlive the server until destroy");
     assert!(socket.exists(), "a killed server leaves its socket");
     // destroy finds what the dead server left and stops it; the sandbox it handed out runs on.
     let said = ok(&config, &["factory", "destroy"]);
@@ -163,7 +160,7 @@ fn the_factory_server_as_an_operator_uses_it() {
     let pooled = pool_pids(&config);
     let said = ok(&config, &["factory", "destroy"]);
     assert!(said.contains(&format!("stopped the factory server (pid {server}) and the 1 VM(s) it held")), "{said}");
-    assert!(!alive(server) && pooled.iter().all(|p| gone_within(*p, Duration::from_secs(30))));
+    assert!(!runs(server as i32) && pooled.iter().all(|p| gone_within(*p, Duration::from_secs(30))));
     assert!(!socket.exists());
     ok(&config, &["delete", "web"]);
     let list = ok(&config, &["list", "--json"]);

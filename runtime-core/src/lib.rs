@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod config;
+mod console_tail;
 pub mod factory;
 mod parse_error;
 pub mod plugins;

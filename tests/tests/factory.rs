@@ -8,7 +8,6 @@ use integration_tests::qemu::GuestImage;
 use integration_tests::sandbox::{container, read_until, sandbox, Hypervisor, TestRuntime};
 use runtime_core::sandbox::{Runtime, SandboxState};
 use runtime_core::config::RuntimeConfig;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,13 +70,9 @@ async fn run_one(t: &TestRuntime, image: &GuestImage, id: &str, pooled: Option<b
     let console = sb.console_log().expect("a console log");
     assert!(std::fs::read_to_string(&console).is_ok_and(|c| !c.is_empty()), "sandbox {id}'s console {} is empty", console.display());
     t.runtime.delete_sandbox(id).await.expect("DeleteSandbox");
-    assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "sandbox {id}'s VM {pid} survived DeleteSandbox");
+    assert!(!hypervisor_framework::process::runs(pid), "sandbox {id}'s VM {pid} survived DeleteSandbox");
     t.assert_nothing_left(id);
     pid
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
 }
 
 async fn a_container_runs_in_a_sandbox_from_each_factory(hv: Hypervisor) {
@@ -151,7 +146,7 @@ async fn a_pooled_vm_that_dies_is_replaced_and_closing_stops_the_pool(hv: Hyperv
     assert_eq!(work_dirs(), 2, "one work directory per runtime");
     drop(rt);
     for pid in pooled {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid), "pooled VM {pid} survived its runtime");
+        assert!(!hypervisor_framework::process::runs(pid), "pooled VM {pid} survived its runtime");
     }
     assert_eq!(work_dirs(), 1, "the closed factory's work directory is left");
 }

@@ -19,7 +19,7 @@ pub mod settings;
 use plugin_api::factory::{config_mismatch, FactoryHostBox, FactoryStatus, VmFactoryPlugin};
 use plugin_api::hypervisor::{HypervisorBox, HypervisorConfig};
 use plugin_api::payload::Payload;
-use plugin_api::{Plugin, PluginError, PluginKind};
+use plugin_api::{ErrorKind, Plugin, PluginError, PluginKind};
 use pool::{Pool, Ready};
 use settings::Settings;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -66,15 +66,23 @@ impl CacheFactory {
     }
 
     /// Makes pooled VM `vm` the VM of `sandbox_id`: adopted under `hypervisor`'s run
-    /// directory, its console log moved to the one `config` names. A VM that cannot be adopted
-    /// is stopped (`None`).
-    fn hand_over(&self, pool: &Pool, hypervisor: &HypervisorBox, sandbox_id: &str, config: &HypervisorConfig, vm: Ready) -> Option<Vec<u8>> {
+    /// directory, its console log moved to the one `config` names. When the hypervisor
+    /// refuses the request itself (invalid input: a bad sandbox id, a socket path too long;
+    /// busy: the sandbox's directory holds a live VM), the VM goes back to the pool and the
+    /// error is the caller's, so a bad request costs the pool nothing; a VM that cannot be
+    /// adopted for another reason is stopped (`Ok(None)`: try the next).
+    fn hand_over(&self, pool: &Pool, hypervisor: &HypervisorBox, sandbox_id: &str, config: &HypervisorConfig, vm: Ready) -> Result<Option<Vec<u8>>, PluginError> {
         let blob = match hypervisor.adopt_vm(vm.blob.as_slice().into(), sandbox_id.into()).into_result() {
             Ok(blob) => blob.into_vec(),
+            Err(e) if matches!(e.kind, ErrorKind::INVALID_INPUT | ErrorKind::BUSY) => {
+                tracing::warn!(sandbox = sandbox_id, vm = %vm.id, "the hypervisor refused to hand the pooled VM to this sandbox: {e}");
+                pool.put_back(vm);
+                return Err(e);
+            }
             Err(e) => {
                 tracing::error!(sandbox = sandbox_id, vm = %vm.id, "handing out a pooled VM failed: {e}");
                 pool.discard(vm);
-                return None;
+                return Ok(None);
             }
         };
         if let Some(console) = &config.console_log {
@@ -83,7 +91,7 @@ impl CacheFactory {
             }
         }
         tracing::info!(sandbox = sandbox_id, vm = %vm.id, age_ms = vm.born.elapsed().as_millis() as u64, "handed out a pooled VM");
-        Some(blob)
+        Ok(Some(blob))
     }
 }
 
@@ -109,7 +117,7 @@ impl VmFactoryPlugin for CacheFactory {
             return self.cold(pool, hypervisor, sandbox_id, config, &why);
         }
         while let Some(vm) = pool.take() {
-            if let Some(blob) = self.hand_over(pool, hypervisor, sandbox_id, config, vm) {
+            if let Some(blob) = self.hand_over(pool, hypervisor, sandbox_id, config, vm)? {
                 return Ok(blob);
             }
         }

@@ -89,6 +89,20 @@ impl Pool {
         }
     }
 
+    /// Returns a VM that [`Pool::take`] gave out and the request could not use (it is still
+    /// the pool's: nothing was moved) to the front of the queue, stopped instead when the pool
+    /// is closed or full. A refill boot begun meanwhile is stopped when it ends if the pool is
+    /// full by then, so the pool never holds more than `size` ready VMs.
+    pub fn put_back(&self, vm: Ready) {
+        let mut s = self.state();
+        if !s.closed && s.ready.len() < self.size as usize {
+            s.ready.push_front(vm);
+            return;
+        }
+        drop(s);
+        self.discard(vm);
+    }
+
     /// Stops a VM of the pool and removes its console log.
     pub fn discard(&self, vm: Ready) {
         if let Err(e) = self.hypervisor.stop_vm(&vm.blob) {
@@ -173,6 +187,11 @@ impl Pool {
                     drop(s);
                     self.discard(vm);
                     return;
+                }
+                Ok(vm) if s.ready.len() >= self.size as usize => {
+                    drop(s);
+                    tracing::info!(vm = %vm.id, "the pool filled while this VM booted (a VM came back): stopping it");
+                    self.discard(vm);
                 }
                 Ok(vm) => {
                     let ms = vm.born.elapsed().as_millis() as u64;

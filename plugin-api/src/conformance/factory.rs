@@ -3,7 +3,8 @@
 //! builds the [`FactoryHost`](crate::factory::FactoryHost) and calls `init`; `sandboxctl
 //! conformance` does). In order: its status reads; it makes a started VM whose agent answers
 //! (asked of the host through an [`AgentProbe`]); a second VM is another VM; both are the
-//! caller's to stop; a bad sandbox id is refused; `close` succeeds.
+//! caller's to stop; a bad sandbox id is refused without losing a VM the factory holds ready;
+//! `close` succeeds.
 
 use super::hypervisor::AgentProbe;
 use super::{CheckResult, Report};
@@ -34,7 +35,7 @@ const STEPS: &[(&str, Step)] = &[
     ("new_vm gives a started VM whose agent answers, its console where asked", first_vm),
     ("a second new_vm gives another VM (its own blob, endpoint and console)", second_vm),
     ("the VMs are the caller's: stop_vm ends each", stop_all),
-    ("a bad sandbox id is refused", bad_id),
+    ("a bad sandbox id is refused, and costs no ready VM", bad_id),
     ("close succeeds", close),
 ];
 
@@ -114,12 +115,24 @@ fn stop_all(_: &VmFactoryHandle, hv: &HypervisorHandle, _: &Request, _: AgentPro
 }
 
 fn bad_id(f: &VmFactoryHandle, hv: &HypervisorHandle, request: &Request, _: AgentProbe<'_>, state: &mut State) -> Result<(), String> {
-    match f.new_vm(hv.raw(), "../x", &request.config) {
-        Ok(blob) => {
-            state.vms.push(blob);
-            Err("new_vm accepted the sandbox id \"../x\"".into())
-        }
-        Err(_) => Ok(()),
+    let ready = |f: &VmFactoryHandle| -> Result<Vec<String>, String> {
+        let status = f.status().map_err(|e| format!("status: {e}"))?;
+        Ok(status.vms.into_iter().filter(|v| v.state == "ready").map(|v| v.id).collect())
+    };
+    // A pool refilling after the VMs above: wait for its boots to end, so a VM is ready to lose.
+    let began = std::time::Instant::now();
+    while f.status().is_ok_and(|s| s.vms.iter().any(|v| v.state != "ready")) && began.elapsed() < request.boot_timeout {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = ready(f)?;
+    if let Ok(blob) = f.new_vm(hv.raw(), "../x", &request.config) {
+        state.vms.push(blob);
+        return Err("new_vm accepted the sandbox id \"../x\"".into());
+    }
+    let after = ready(f)?;
+    match before.iter().find(|id| !after.contains(id)) {
+        Some(lost) => Err(format!("the refused request cost the factory its ready VM {lost} (ready before: {before:?}, after: {after:?})")),
+        None => Ok(()),
     }
 }
 

@@ -74,6 +74,12 @@ pub fn is_alive(pid: i32, start_time: u64) -> bool {
     stat(pid).is_some_and(|s| s.start_time == start_time && !matches!(s.state, 'Z' | 'X' | 'x'))
 }
 
+/// Whether process `pid` exists and has not exited (a zombie, killed but not yet reaped by its
+/// parent, has exited). For a pid whose start time is not known; see [`is_alive`] otherwise.
+pub fn runs(pid: i32) -> bool {
+    stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
+}
+
 /// Whether process `pid` is alive and its command line holds `args` as consecutive arguments
 /// (a VMM found through a pid file, whose start time is not known: QEMU's `-name
 /// sandbox-<id>`, the `vmm`'s `--api-socket <dir>/api.sock`).
@@ -230,7 +236,9 @@ mod tests {
         let s = stat(me).expect("own stat");
         assert!(is_alive(me, s.start_time));
         assert!(!is_alive(me, s.start_time + 1));
+        assert!(runs(me));
         assert!(stat(i32::MAX).is_none());
+        assert!(!runs(i32::MAX));
     }
 
     #[test]
@@ -244,7 +252,9 @@ mod tests {
         assert!(signal("sleep", pid, start, libc::SIGKILL).unwrap());
         // Our own child stays a zombie until reaped, and a zombie counts as gone.
         assert!(wait_gone(pid, start, Duration::from_secs(5)));
+        assert!(!runs(pid), "a zombie does not run");
         child.wait().unwrap();
+        assert!(!runs(pid));
         assert!(!signal("sleep", pid, start, libc::SIGKILL).unwrap());
     }
 

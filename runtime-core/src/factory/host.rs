@@ -4,6 +4,7 @@
 //! runtime of its own: factories call the host from their own threads).
 
 use crate::agent::probe;
+use crate::console_tail::console_tail;
 use plugin_api::factory::{FactoryHost, VmFactoryHandle};
 use plugin_api::hypervisor::{HypervisorBox, HypervisorConfig, HypervisorHandle};
 use plugin_api::payload::Payload;
@@ -15,8 +16,6 @@ use std::time::Duration;
 
 /// How often a VM whose agent is awaited is checked for having died.
 const DEATH_WATCH: Duration = Duration::from_millis(500);
-/// Lines of console shown when a VM died while its agent was awaited.
-const CONSOLE_TAIL_LINES: usize = 20;
 
 /// The tokio runtime the host's agent waits run on; shut down without waiting when dropped
 /// (it may be dropped on an async thread).
@@ -80,7 +79,7 @@ impl Host {
             tokio::select! {
                 r = probe(&endpoints, 0, timeout) => r.map_err(PluginError::other),
                 status = died(hv, vm) => Err(PluginError::other(format!(
-                    "the VM is {status} before its agent answered; console: {}", console_tail(Path::new(console_log))
+                    "the VM is {status} before its agent answered; console: {}", console_tail(Some(Path::new(console_log)), " | ")
                 ))),
             }
         });
@@ -97,13 +96,6 @@ async fn died(hv: &HypervisorHandle, vm: &[u8]) -> String {
             _ => {}
         }
     }
-}
-
-fn console_tail(path: &Path) -> String {
-    let Ok(text) = std::fs::read(path) else { return "(no console log)".into() };
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join(" | ")
 }
 
 impl FactoryHost for Host {

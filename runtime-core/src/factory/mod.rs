@@ -83,8 +83,9 @@ pub(crate) struct Factory {
 }
 
 enum Mode {
-    /// The factory runs in this process.
-    Local { handle: Arc<VmFactoryHandle>, _runtime: Arc<HostRuntime>, _work_dir: workdir::WorkDir },
+    /// The factory runs in this process; `_runtime` is its host's (none for the built-in `new`
+    /// of a config without `[factory]`, which has no host).
+    Local { handle: Arc<VmFactoryHandle>, _runtime: Option<Arc<HostRuntime>>, _work_dir: workdir::WorkDir },
     /// The factory server holds it; `fallback` (the built-in `new`) serves when it is down.
     Remote { remote: Remote, fallback: VmFactoryHandle, runtime: HostRuntime },
 }
@@ -118,7 +119,7 @@ impl Factory {
             (Some(f), Some(h)) => (f.clone(), h),
             _ => {
                 let handle = Arc::new(builtin_new());
-                let mode = Mode::Local { handle, _runtime: Arc::new(HostRuntime::new()), _work_dir: workdir::WorkDir::none() };
+                let mode = Mode::Local { handle, _runtime: None, _work_dir: workdir::WorkDir::none() };
                 return Ok(Factory { plugin: "new".into(), mode });
             }
         };
@@ -151,7 +152,7 @@ impl Factory {
         init(&base, host(Arc::new(builtin_new())))?;
         init(&plugin, host(base))?;
         tracing::info!(factory = %section.plugin, base = %section.base(), "VM factory started");
-        let mode = Mode::Local { handle: Arc::new(plugin), _runtime: runtime, _work_dir: work_dir };
+        let mode = Mode::Local { handle: Arc::new(plugin), _runtime: Some(runtime), _work_dir: work_dir };
         Ok(Factory { plugin: section.plugin.clone(), mode })
     }
 

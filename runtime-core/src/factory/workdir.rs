@@ -70,18 +70,9 @@ pub(crate) fn stale(state_dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let pid = name.rsplit_once('-').and_then(|(_, tail)| tail.split('.').next()).and_then(|pid| pid.parse::<u32>().ok());
-            pid.is_some_and(|pid| pid != std::process::id() && !alive(pid))
+            pid.is_some_and(|pid| pid != std::process::id() && !hypervisor_framework::process::runs(pid as i32))
         })
         .collect()
-}
-
-/// Whether process `pid` runs: it exists and is not a zombie (a killed server whose parent
-/// has not reaped it is gone all the same).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// Stops every VM `hypervisor` (an instance whose run directory is `<dir>/vms`) lists, then

@@ -10,14 +10,12 @@ use super::rules;
 use super::state::{ContainerState, SandboxState};
 use super::status::{self, SandboxStatus};
 use super::{blocking, SandboxConfig, SandboxError};
+use crate::console_tail::console_tail;
 use agent_protocol::pb;
 use std::sync::Arc;
 use std::time::Duration;
 
 use SandboxState::*;
-
-/// Lines of console shown when a VM's agent does not come up.
-const CONSOLE_TAIL_LINES: usize = 20;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -94,12 +92,12 @@ async fn boot(sb: &Sandbox, record: &mut SandboxRecord) -> Result<(), SandboxErr
     let agent = tokio::select! {
         agent = sb.agent_within(record, timeout, None) => agent.map_err(|e| match e {
             SandboxError::Agent { sandbox, source } => {
-                SandboxError::Boot { sandbox, console: console_tail(&record.vm.config.console_log), source }
+                SandboxError::Boot { sandbox, console: console_tail(record.vm.config.console_log.as_deref(), "\n"), source }
             }
             other => other,
         })?,
         vm_status = vm_died(&sb.rt, record) => {
-            return Err(SandboxError::BootDied { sandbox: sb.id.clone(), vm_status, console: console_tail(&record.vm.config.console_log) });
+            return Err(SandboxError::BootDied { sandbox: sb.id.clone(), vm_status, console: console_tail(record.vm.config.console_log.as_deref(), "\n") });
         }
     };
     tracing::info!(sandbox = %sb.id, boot = record.vm.boot, "agent ready");
@@ -124,16 +122,6 @@ async fn vm_died(rt: &RuntimeContext, record: &SandboxRecord) -> String {
             return status;
         }
     }
-}
-
-/// The last lines of a console log.
-fn console_tail(path: &Option<std::path::PathBuf>) -> String {
-    let Some(text) = path.as_ref().and_then(|p| std::fs::read(p).ok()) else {
-        return "(no console log)".into();
-    };
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
 }
 
 /// Stops the VM (if any), then removes the sandbox's files and record; if the VM cannot be
