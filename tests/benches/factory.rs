@@ -1,16 +1,19 @@
-//! VM factory figures under QEMU/TCG, side by side in one run, 5 of each (median, min, max):
-//! RunSandbox with one container to its first output line from the `new` factory (a cold
-//! boot) and from a warm `cache` (a pooled VM handed over); the hand-out alone: the cache
-//! factory's `new_vm` on a warm pool (adopt: one rename of the VM's directory, its state copy
-//! and its console), then the first health check its agent answers; and CreateSandbox without
-//! containers from a warm cache (hand-out, agent connection, clock, records).
+//! VM factory figures, side by side in one run, 5 of each (median, min, max): RunSandbox with
+//! one container to its first output line from the `new` factory (a cold boot) and from a
+//! warm `cache` (a pooled VM handed over); the hand-out alone: the cache factory's `new_vm` on
+//! a warm pool (adopt: one rename of the VM's directory, its state copy and its console), then
+//! the first health check its agent answers; and CreateSandbox without containers from a warm
+//! cache (hand-out, agent connection, clock, records).
 //! Before each cached run the pool is refilled (not timed). A plain bench binary: each run
 //! boots a VM. Run: `cargo bench -p integration-tests --bench factory` (or `cargo xtask
-//! bench`), after `cargo xtask guest`.
+//! bench`), after `cargo xtask guest`: QEMU (TCG here). `-- --hypervisor kvm` runs it on our
+//! vmm, which needs a `/dev/kvm` with vmx/svm and root; `cargo xtask nested-bench --factory`
+//! runs it that way inside the nested L1.
 
 use factory_cache as _;
+use hypervisor_kvm as _;
 use hypervisor_qemu as _;
-use integration_tests::qemu::{guest_image, qemu_available, GuestImage};
+use integration_tests::qemu::{qemu_available, GuestImage};
 use integration_tests::sandbox::{container, read_until, sandbox, Hypervisor, TestRuntime};
 use plugin_api::hypervisor::HypervisorHandle;
 use runtime_core::config::RuntimeConfig;
@@ -59,8 +62,8 @@ async fn run_to_output(t: &TestRuntime, image: &GuestImage, id: &str) -> f64 {
 
 /// The cache factory driven directly, as a runtime starts it: `RUNS` times, wait for a warm
 /// pool, time `new_vm`, then the first agent health check; returns both in milliseconds.
-async fn raw_handouts(image: &GuestImage, cache: &str) -> (Vec<f64>, Vec<f64>) {
-    let t = TestRuntime::with(image, Hypervisor::Qemu, cache);
+async fn raw_handouts(image: &GuestImage, hv: Hypervisor, cache: &str) -> (Vec<f64>, Vec<f64>) {
+    let t = TestRuntime::with(image, hv, cache);
     let mut config = RuntimeConfig::load(&t.config).expect("config");
     config.runtime.state_dir = t.dir.path().join("raw-state");
     let registry = runtime_core::plugins::discover(&config).expect("plugins");
@@ -97,19 +100,29 @@ async fn raw_handouts(image: &GuestImage, cache: &str) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
     }
-    let (Some(image), true) = (guest_image(), qemu_available()) else {
-        eprintln!("factory: needs `cargo xtask guest` and qemu-system-x86_64");
+    let hv = match args.iter().position(|a| a == "--hypervisor").map(|i| args.get(i + 1).map(String::as_str)) {
+        None | Some(Some("qemu")) => Hypervisor::Qemu,
+        Some(Some("kvm")) => Hypervisor::Kvm,
+        Some(other) => {
+            eprintln!("factory: --hypervisor takes qemu or kvm, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+    let ready = hv.image_or_skip().filter(|_| hv == Hypervisor::Kvm || qemu_available());
+    let Some(image) = ready else {
+        eprintln!("factory: needs `cargo xtask guest`, and qemu-system-x86_64 (qemu) or a /dev/kvm with vmx/svm and root (kvm)");
         std::process::exit(1);
     };
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     let cache = format!("[factory]\nplugin = \"cache\"\nsize = 1\ndisks = [{{ name = \"rootfs\", path = {:?} }}]\n", image.rootfs);
     let (mut cold, mut warm, mut handout, mut raw, mut first_call) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     tokio.block_on(async {
-        let new = TestRuntime::with(&image, Hypervisor::Qemu, "[factory]\nplugin = \"new\"\n");
-        let cached = TestRuntime::with(&image, Hypervisor::Qemu, &cache);
+        let new = TestRuntime::with(&image, hv, "[factory]\nplugin = \"new\"\n");
+        let cached = TestRuntime::with(&image, hv, &cache);
         for run in 1..=RUNS {
             let c = run_to_output(&new, &image, &format!("new{run}")).await;
             wait_warm(&cached).await;
@@ -127,11 +140,14 @@ fn main() {
             handout.push(h);
         }
         drop(cached);
-        let (r, f) = raw_handouts(&image, &cache).await;
+        let (r, f) = raw_handouts(&image, hv, &cache).await;
         raw = r;
         first_call = f;
     });
-    println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, cache size 1:");
+    match hv {
+        Hypervisor::Qemu => println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, cache size 1:"),
+        Hypervisor::Kvm => println!("our vmm (kvm plugin, debug build), 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, cache size 1:"),
+    }
     let c = line("RunSandbox to first output, factory new (cold boot)", &cold, "s");
     let w = line("RunSandbox to first output, factory cache (warm pool)", &warm, "s");
     line("hand-out: the cache's new_vm on a warm pool (adopt and console rename)", &raw, "ms");

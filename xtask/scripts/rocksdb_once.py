@@ -19,11 +19,13 @@ import sys
 PLUGINS = ["storage-fs-plugin", "storage-leveldb-plugin", "hypervisor-qemu-plugin",
            "hypervisor-kvm-plugin", "factory-new-plugin", "factory-cache-plugin", "panicky-plugin"]
 COMMANDS = {
-    "build plugin set (demo, test, nested)": ["build"] + [a for p in PLUGINS for a in ("-p", p)],
-    "build -p sandboxctl (demo)": ["build", "-p", "sandboxctl"],
+    "build plugin set (nested)": ["build"] + [a for p in PLUGINS for a in ("-p", p)],
+    "build plugin set and -p sandboxctl (demo, test)": ["build"] + [a for p in PLUGINS + ["sandboxctl"] for a in ("-p", p)],
+    "build -p sandboxctl": ["build", "-p", "sandboxctl"],
     "clippy --workspace --all-targets (test)": ["check", "--workspace", "--all-targets"],
     "test --workspace --doc (test)": ["test", "--workspace", "--doc"],
     "nextest run --workspace (test)": ["test", "--workspace", "--no-run"],
+    "bench factory --profile dev (nested-bench --factory)": ["bench", "--workspace", "--bench", "factory", "--profile", "dev", "--no-run"],
 }
 CRATE = "librocksdb-sys"
 

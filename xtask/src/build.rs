@@ -30,12 +30,18 @@ pub fn target_dir() -> Result<PathBuf> {
 }
 
 pub fn build_plugins(release: bool) -> Result<()> {
+    build_plugins_and(release, &[])
+}
+
+/// The plugin libraries and the packages `also` in one cargo invocation (one feature
+/// resolution, so what they share is built once).
+pub fn build_plugins_and(release: bool, also: &[&str]) -> Result<()> {
     let mut cmd = cargo();
     cmd.arg("build");
     if release {
         cmd.arg("--release");
     }
-    for p in PLUGIN_PACKAGES {
+    for p in PLUGIN_PACKAGES.iter().chain(also) {
         cmd.args(["-p", p]);
     }
     run(&mut cmd)
@@ -50,4 +56,22 @@ pub fn build_for_nested() -> Result<()> {
 /// The release vmm, for the benchmarks.
 pub fn build_vmm_release() -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "vmm", "--bin", "vmm"]))
+}
+
+/// Runs cargo with `args` (a `--no-run` build) and returns the executable of the target named
+/// `name` among the artifacts for which `wanted` holds (cargo's JSON message).
+pub fn executable(args: &[&str], name: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> Result<PathBuf> {
+    let out = cargo().args(args).args(["--message-format=json", "--quiet"]).output().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !out.status.success() {
+        anyhow::bail!("cargo {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == name && wanted(&msg) {
+            if let Some(exe) = msg["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    anyhow::bail!("cargo {} did not name the executable of {name}", args.join(" "))
 }

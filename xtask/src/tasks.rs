@@ -1,6 +1,6 @@
 //! The tasks.
 
-use crate::build::{build_plugins, cargo, target_dir};
+use crate::build::{build_plugins, build_plugins_and, cargo, target_dir};
 use crate::deps::{ensure_nextest, ensure_packages, run, BUILD_PACKAGES, TEST_PACKAGES};
 use anyhow::{Context, Result};
 use std::os::unix::fs::PermissionsExt;
@@ -26,8 +26,7 @@ pub fn demo() -> Result<()> {
     let target = target_dir()?;
     let image = crate::guest::build(&target)?;
     println!("guest image: kernel {}, initramfs {}", image.vmlinuz.display(), image.initramfs.display());
-    build_plugins(false)?;
-    run(cargo().args(["build", "-p", "sandboxctl"]))?;
+    build_plugins_and(false, &["sandboxctl"])?;
     let demo = target.join("demo");
     let plugins = demo.join("plugins");
     std::fs::create_dir_all(&plugins)?;
@@ -91,7 +90,8 @@ pub fn test(extra: &[String]) -> Result<()> {
     ensure_packages(BUILD_PACKAGES)?;
     ensure_packages(TEST_PACKAGES)?;
     ensure_nextest()?;
-    build_plugins(false)?;
+    // With sandboxctl, as the demo builds them: after `cargo xtask demo` this is a no-op.
+    build_plugins_and(false, &["sandboxctl"])?;
     // The host-tier agent tests run the debug agent; the QEMU tier boots the guest image.
     run(cargo().args(["build", "-p", "guest-agent"]))?;
     crate::guest::build(&target_dir()?)?;

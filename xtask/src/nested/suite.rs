@@ -29,25 +29,13 @@ const OPT_IN: &[&str] = &["factory"];
 const BINARY_TIMEOUT_S: u64 = 900;
 
 fn test_executable(package: &str, test: &str) -> Result<PathBuf> {
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-        // --workspace, as `cargo xtask test` builds them: the same feature resolution, so no
-        // second build of the dependencies (bundled RocksDB alone is 15 minutes here).
-        .args(["test", "--workspace", "--no-run", "--message-format=json", "--quiet"])
-        .output()
-        .context("running cargo test --no-run")?;
-    if !out.status.success() {
-        bail!("building test {test} of {package} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let ours = msg["package_id"].as_str().is_some_and(|id| id.contains(&format!("/{package}#")) || id.contains(&format!("{package}@")) || id.contains(&format!(" {package} ")));
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == test && msg["profile"]["test"] == true && ours {
-            if let Some(exe) = msg["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
-            }
-        }
-    }
-    bail!("cargo did not name the executable of test {test} of {package}")
+    // --workspace, as `cargo xtask test` builds them: the same feature resolution, so no
+    // second build of the dependencies (bundled RocksDB alone is 15 minutes here).
+    crate::build::executable(&["test", "--workspace", "--no-run"], test, |msg| {
+        let id = msg["package_id"].as_str().unwrap_or_default();
+        let ours = id.contains(&format!("/{package}#")) || id.contains(&format!("{package}@")) || id.contains(&format!(" {package} "));
+        msg["profile"]["test"] == true && ours
+    })
 }
 
 /// Longest one test may print nothing in L1 before it counts as stalled: below the host's
