@@ -34,11 +34,18 @@ fn line(name: &str, values: &[f64], unit: &str) -> f64 {
     m
 }
 
+/// A progress line on stderr (the nested harness counts a run that prints nothing for minutes
+/// as hung, and a stall is easier to place).
+fn progress(what: &str, step: &str, since: Instant) {
+    eprintln!("factory bench: {what}: {step} after {:.1} s", since.elapsed().as_secs_f64());
+}
+
 async fn wait_warm(t: &TestRuntime) {
     let began = Instant::now();
     loop {
         let status = t.runtime.factory_status().await.expect("factory status");
         if status.vms.iter().any(|v| v.state == "ready") {
+            progress("pool", "warm", began);
             return;
         }
         assert!(began.elapsed() < Duration::from_secs(300), "the pool never warmed: {status:?}");
@@ -51,12 +58,14 @@ async fn run_to_output(t: &TestRuntime, image: &GuestImage, id: &str) -> f64 {
     let config = sandbox(id, image, vec![container("c1", "echo first line; sleep 1000")]);
     let started = Instant::now();
     let sb = t.runtime.run_sandbox(config).await.expect("RunSandbox");
+    progress(id, "running", started);
     let mut io = sb.io_stream("c1", "c1").await.expect("IOStream");
     read_until(&mut io.stdout, "first line").await;
     let elapsed = started.elapsed().as_secs_f64();
     drop(io);
     sb.release().await;
     t.runtime.delete_sandbox(id).await.expect("DeleteSandbox");
+    progress(id, "deleted", started);
     elapsed
 }
 
