@@ -10,10 +10,19 @@ use std::time::{Duration, Instant};
 
 /// How long L1 may take to boot and load its modules (about 10 s under TCG here).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// How long the command may print nothing before L1 counts as hung: every command we run
-/// prints at least a line a minute (a test's result, a benchmark boot), so five minutes of
-/// silence is a hang, not a slow step.
+/// How long the command may print nothing (L1's kernel lines do not count) before L1 counts
+/// as hung: every command we run prints at least a line a minute (a test's result, a benchmark
+/// boot), so five minutes of silence is a hang, not a slow step.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Whether a console line comes from L1's kernel (`[  217.587984] ...`): a soft lockup or an
+/// RCU stall keeps the kernel printing, dozens of lines at a time, while nothing else runs.
+fn is_kernel_line(line: &str) -> bool {
+    let Some(rest) = line.trim_start().strip_prefix('[') else { return false };
+    let Some((stamp, _)) = rest.split_once(']') else { return false };
+    let stamp = stamp.trim();
+    stamp.split_once('.').is_some_and(|(s, us)| !s.is_empty() && !us.is_empty() && s.bytes().chain(us.bytes()).all(|b| b.is_ascii_digit()))
+}
 
 /// A step of a run, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +117,13 @@ fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
         let left = limit.saturating_duration_since(now);
         match rx.recv_timeout(left) {
             Ok(line) => {
-                last_line = Instant::now();
                 let line = line.trim_end_matches('\r').to_owned();
+                // Only the command's own lines are signs of life: L1's kernel reporting that
+                // L1 is stuck keeps printing while nothing runs (a CI run once sat 8 minutes
+                // in soft-lockup lines).
+                if !is_kernel_line(&line) {
+                    last_line = Instant::now();
+                }
                 if let Some(rest) = line.strip_prefix("NESTED-READY ") {
                     boot = spawned.elapsed();
                     kvm = rest.contains("kvm=yes");
@@ -137,4 +151,19 @@ fn once(image: &L1Image, timeout: Duration) -> Result<Attempt> {
     let _ = child.kill();
     let _ = child.wait();
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_kernel_line;
+
+    #[test]
+    fn kernel_lines_are_told_from_the_commands_own() {
+        assert!(is_kernel_line("[  245.298826] watchdog: BUG: soft lockup - CPU#0 stuck for 157s! [swapper/0:0]"));
+        assert!(is_kernel_line("[217.587984] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"));
+        assert!(!is_kernel_line("test every_state_rule_refuses_what_it_should::kvm ... ok"));
+        assert!(!is_kernel_line("[build] 12 steps"));
+        assert!(!is_kernel_line("[ .5] x"));
+        assert!(!is_kernel_line("nested-test: integration-tests/sandbox_api"));
+    }
 }
