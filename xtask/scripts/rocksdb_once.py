@@ -13,11 +13,21 @@ Usage: python3 xtask/scripts/rocksdb_once.py   (from the workspace root)
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
-PLUGINS = ["storage-fs-plugin", "storage-leveldb-plugin", "hypervisor-qemu-plugin",
-           "hypervisor-kvm-plugin", "factory-new-plugin", "factory-cache-plugin", "panicky-plugin"]
+
+def plugin_packages():
+    """`PLUGIN_PACKAGES` of xtask/src/build.rs, the list the xtask builds."""
+    text = open(os.path.join(os.path.dirname(__file__), "..", "src", "build.rs")).read()
+    block = re.search(r"PLUGIN_PACKAGES: &\[&str\] = &\[(.*?)\];", text, re.S)
+    if not block:
+        sys.exit("rocksdb_once.py: no PLUGIN_PACKAGES in xtask/src/build.rs")
+    return re.findall(r'"([^"]+)"', block.group(1))
+
+
+PLUGINS = plugin_packages()
 COMMANDS = {
     "build plugin set (nested)": ["build"] + [a for p in PLUGINS for a in ("-p", p)],
     "build plugin set and -p sandboxctl (demo, test)": ["build"] + [a for p in PLUGINS + ["sandboxctl"] for a in ("-p", p)],

@@ -52,6 +52,13 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
+impl ProcStat {
+    /// Whether the process has exited: a zombie (`Z`, not yet reaped) or dead (`X`, `x`).
+    pub fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
 /// Parses `/proc/<pid>/stat`. The command name (field 2) is in parentheses and may hold
 /// spaces and parentheses itself, so fields are counted from the last `)`.
 pub fn parse_stat(text: &str) -> Option<ProcStat> {
@@ -71,13 +78,13 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
 /// Whether process `pid` is the one that started at `start_time` and has not exited (a zombie
 /// has exited).
 pub fn is_alive(pid: i32, start_time: u64) -> bool {
-    stat(pid).is_some_and(|s| s.start_time == start_time && !matches!(s.state, 'Z' | 'X' | 'x'))
+    stat(pid).is_some_and(|s| s.start_time == start_time && !s.exited())
 }
 
 /// Whether process `pid` exists and has not exited (a zombie, killed but not yet reaped by its
 /// parent, has exited). For a pid whose start time is not known; see [`is_alive`] otherwise.
 pub fn runs(pid: i32) -> bool {
-    stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
+    stat(pid).is_some_and(|s| !s.exited())
 }
 
 /// Whether process `pid` is alive and its command line holds `args` as consecutive arguments
@@ -85,7 +92,7 @@ pub fn runs(pid: i32) -> bool {
 /// sandbox-<id>`, the `vmm`'s `--api-socket <dir>/api.sock`).
 pub fn is_alive_with_args(pid: i32, args: &[&str]) -> bool {
     let Some(stat) = stat(pid) else { return false };
-    if matches!(stat.state, 'Z' | 'X' | 'x') || args.is_empty() {
+    if stat.exited() || args.is_empty() {
         return false;
     }
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
