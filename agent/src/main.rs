@@ -95,6 +95,9 @@ fn main() {
         let code = containers::helper::main(args.get(1).map(String::as_str).unwrap_or(""));
         std::process::exit(code);
     }
+    if args.first().map(String::as_str) == Some(containers::spawner::SPAWNER_ARG) {
+        std::process::exit(containers::spawner::main(containers::helper::main));
+    }
     let opts = match parse_args(&args) {
         Ok(o) => o,
         Err(e) => {

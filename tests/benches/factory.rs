@@ -4,7 +4,9 @@
 //! a warm pool (adopt: one rename of the VM's directory, its state copy and its console), then
 //! the first health check its agent answers; and CreateSandbox without containers from a warm
 //! cache (hand-out, agent connection, clock, records).
-//! Before each cached run the pool is refilled (not timed). A plain bench binary: each run
+//! Before each timed run the pool is full (waited for, not timed): a cold boot never shares
+//! the CPUs with a refill boot, while a cached run does with the refill its hand-out starts,
+//! as it would in use. A plain bench binary: each run
 //! boots a VM. Run: `cargo bench -p integration-tests --bench factory` (or `cargo xtask
 //! bench`), after `cargo xtask guest`: QEMU (TCG here). `-- --hypervisor kvm` runs it on our
 //! vmm, which needs a `/dev/kvm` with vmx/svm and root; `cargo xtask nested-bench --factory`
@@ -133,6 +135,7 @@ fn main() {
         let new = TestRuntime::with(&image, hv, "[factory]\nplugin = \"new\"\n");
         let cached = TestRuntime::with(&image, hv, &cache);
         for run in 1..=RUNS {
+            wait_warm(&cached).await;
             let c = run_to_output(&new, &image, &format!("new{run}")).await;
             wait_warm(&cached).await;
             let w = run_to_output(&cached, &image, &format!("cache{run}")).await;

@@ -119,6 +119,30 @@ impl HostAgent {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The pid (as this process sees it) of a process below the agent whose command line has
+    /// the argument `arg`.
+    pub fn descendant_with_arg(&self, arg: &str) -> Option<i32> {
+        let root = self.child.id() as i32;
+        let parent_of = |pid: i32| -> Option<i32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+        };
+        let below_root = |mut pid: i32| {
+            for _ in 0..64 {
+                match parent_of(pid) {
+                    Some(p) if p == root => return true,
+                    Some(p) if p > 1 => pid = p,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) && below_root(pid)
+        })
+    }
 }
 
 impl Drop for HostAgent {

@@ -167,3 +167,37 @@ async fn the_spec_isolates_the_container() {
     assert_eq!(ids, "1000\n1000\n1000 2000\n");
     c.remove_container(pb::RemoveContainerRequest { container_id: id.clone(), force: true }).await.expect("remove");
 }
+
+/// Runs a container with `spec` to its exit and removes it; returns its exit status.
+async fn run_to_exit(agent: &HostAgent, client: &mut RawClient, id: &str, spec: &serde_json::Value) -> i32 {
+    create(client, id, spec, agent.rootfs()).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    client.start_container(cref(id)).await.unwrap_or_else(|e| panic!("start {id}: {e}\n{}", agent.log()));
+    let status = wait(client, id, "").await.expect("wait");
+    remove(client, id, false).await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helpers_are_forked_by_the_spawner_and_exec_d_once_it_is_gone() {
+    if skip() {
+        return;
+    }
+    let agent = HostAgent::start();
+    let mut c = agent.connect().await.raw();
+    assert_eq!(run_to_exit(&agent, &mut c, &cid("forked"), &oci::spec(&["sh", "-c", "exit 4"], false)).await, 4);
+    let log = agent.log();
+    assert!(log.contains("container helper spawner started"), "{log}");
+    assert!(!log.contains("helpers are exec'd"), "{log}");
+    // A poststart hook needs the helper's start (it runs a command in the agent's namespaces).
+    let marker = agent.dir().join("poststart-ran");
+    let mut spec = oci::spec(&["true"], false);
+    spec["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo ran > {}", marker.display())]}]});
+    assert_eq!(run_to_exit(&agent, &mut c, &cid("hook"), &spec).await, 0);
+    assert_eq!(std::fs::read_to_string(&marker).expect("the poststart hook ran"), "ran\n");
+    // The spawner dies: the next helper is exec'd, and containers still run.
+    let spawner = agent.descendant_with_arg("__container-spawner").expect("the spawner process");
+    // SAFETY: kill takes no pointers.
+    assert_eq!(unsafe { libc::kill(spawner, libc::SIGKILL) }, 0);
+    assert_eq!(run_to_exit(&agent, &mut c, &cid("execd"), &oci::spec(&["sh", "-c", "exit 5"], false)).await, 5);
+    assert!(agent.log().contains("helpers are exec'd from now on"), "{}", agent.log());
+}

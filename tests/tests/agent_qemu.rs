@@ -10,6 +10,15 @@ use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// A process's CPU time (user and system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("QEMU's stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf takes no pointers.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 fn blk_rootfs() -> pb::Storage {
     pb::Storage { driver: "blk".into(), source: "/dev/vda".into(), fstype: "ext4".into(), read_only: true, ..Default::default() }
 }
@@ -107,6 +116,12 @@ async fn busybox_container_in_a_qemu_guest() {
     drop(c);
     drop(agent);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // With no host on its port the agent waits for one: it does not spin. An idle guest
+    // leaves QEMU (TCG) nearly idle; a busy loop in it takes a whole host CPU.
+    let before = cpu_seconds(guest.pid());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_seconds(guest.pid()) - before;
+    assert!(used < 1.5, "QEMU used {used:.2} s of CPU in 3 s with the guest idle and no host on the agent's port");
     let again = guest.connect(Duration::from_secs(30)).await;
     assert_eq!(again.health().await.expect("health after reconnect").containers, 0);
 }

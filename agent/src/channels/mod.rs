@@ -89,7 +89,7 @@ async fn listen_serial(name: String, tx: mpsc::Sender<std::io::Result<Conn>>) ->
     let path = path.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no virtio-serial port named {name}")))?;
     tokio::spawn(async move {
         loop {
-            match serial::SerialPort::open(&path) {
+            match serial::SerialPort::open_connected(&path).await {
                 Ok(port) => serve_yamux(port, &tx).await,
                 Err(e) => warn!("opening {}: {e}", path.display()),
             }

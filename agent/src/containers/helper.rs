@@ -12,8 +12,11 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
+use super::spawner::Spawner;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 /// The first argument that selects helper mode.
 pub const HELPER_ARG: &str = "__container";
@@ -48,6 +51,10 @@ pub struct Request {
     pub result: PathBuf,
     /// The operation.
     pub op: Op,
+    /// Where the helper writes libcontainer's debug log (set when the agent logs at debug
+    /// level); the agent copies it into its own log when the helper exits.
+    #[serde(default)]
+    pub log: Option<PathBuf>,
 }
 
 /// What the helper reports.
@@ -76,39 +83,82 @@ pub enum HelperError {
     BadResult(#[source] serde_json::Error),
 }
 
-/// The stdio a helper (and so the container process it creates) gets.
-pub struct Stdio3 {
-    /// stdin.
-    pub stdin: Stdio,
-    /// stdout.
-    pub stdout: Stdio,
-    /// stderr.
-    pub stderr: Stdio,
-}
+/// The stdio a helper (and so the container process it creates) gets: three descriptors, or
+/// /dev/null for all three.
+pub struct Stdio3(Option<[OwnedFd; 3]>);
 
 impl Stdio3 {
     /// All /dev/null.
     pub fn null() -> Stdio3 {
-        Stdio3 { stdin: Stdio::null(), stdout: Stdio::null(), stderr: Stdio::null() }
+        Stdio3(None)
+    }
+
+    /// stdin, stdout and stderr.
+    pub fn fds(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Stdio3 {
+        Stdio3(Some([stdin, stdout, stderr]))
     }
 }
 
-/// Runs one helper operation and returns its outcome.
-pub async fn run(reaper: &Reaper, request: Request, stdio: Stdio3) -> Result<Outcome, HelperError> {
+/// Runs one helper operation and returns its outcome: the helper is forked by the spawner,
+/// or exec'd where the spawner is gone.
+pub async fn run(reaper: &Reaper, spawner: &Arc<Spawner>, mut request: Request, stdio: Stdio3) -> Result<Outcome, HelperError> {
     let _ = std::fs::remove_file(&request.result);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        request.log = Some(request.result.with_extension("log"));
+    }
     let arg = serde_json::to_string(&request).map_err(HelperError::BadResult)?;
-    let child = Command::new("/proc/self/exe")
-        .arg(HELPER_ARG)
-        .arg(arg)
-        .stdin(stdio.stdin)
-        .stdout(stdio.stdout)
-        .stderr(stdio.stderr)
-        .spawn()
-        .map_err(HelperError::Spawn)?;
-    let status = reaper.wait(child.id() as i32).await;
+    tracing::debug!(op = ?request.op, "starting the container helper");
+    let pid = start(spawner, arg, stdio).await?;
+    let status = reaper.wait(pid).await;
+    if let Some(log) = &request.log {
+        copy_log(log);
+    }
     let text = std::fs::read_to_string(&request.result).map_err(|_| HelperError::NoResult { status })?;
     let _ = std::fs::remove_file(&request.result);
     serde_json::from_str(&text).map_err(HelperError::BadResult)
+}
+
+async fn start(spawner: &Arc<Spawner>, arg: String, stdio: Stdio3) -> Result<i32, HelperError> {
+    let fds = match stdio.0 {
+        Some(fds) => fds,
+        None => {
+            let null = || std::fs::File::open("/dev/null").map(OwnedFd::from).map_err(HelperError::Spawn);
+            [null()?, null()?, null()?]
+        }
+    };
+    let forker = spawner.clone();
+    let (arg, fds, forked) = tokio::task::spawn_blocking(move || {
+        let [i, o, e] = &fds;
+        let forked = forker.spawn(&arg, [i, o, e]);
+        (arg, fds, forked)
+    })
+    .await
+    .map_err(|e| HelperError::Spawn(std::io::Error::other(e)))?;
+    match forked {
+        Ok(pid) => return Ok(pid),
+        Err(e) if !e.retry_by_exec() => return Err(HelperError::Spawn(std::io::Error::other(crate::error_chain(&e)))),
+        Err(e) => tracing::debug!("exec'ing the container helper: {e}"),
+    }
+    let [stdin, stdout, stderr] = fds;
+    let child = Command::new("/proc/self/exe")
+        .arg(HELPER_ARG)
+        .arg(arg)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .map_err(HelperError::Spawn)?;
+    Ok(child.id() as i32)
+}
+
+/// Copies a helper's log into the agent's, one debug line each, and removes it.
+fn copy_log(path: &Path) {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for line in text.lines() {
+            tracing::debug!(target: "container_helper", "{line}");
+        }
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// The helper process's main: runs the operation, writes the outcome, exits.
@@ -120,6 +170,15 @@ pub fn main(arg: &str) -> i32 {
             return 2;
         }
     };
+    if let Some(file) = request.log.as_ref().and_then(|log| std::fs::File::create(log).ok()) {
+        // The helper's stderr is the container's: its own log goes to the file the agent named.
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init();
+        tracing::debug!("helper started");
+    }
     let outcome = match execute(&request) {
         Ok(pid) => Outcome::Ok { pid },
         Err(e) => Outcome::Err { message: crate::error_chain(&*e) },

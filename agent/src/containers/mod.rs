@@ -9,6 +9,8 @@ mod bundle;
 mod cgroup;
 pub mod helper;
 mod process;
+pub mod spawner;
+mod start;
 mod stdio;
 
 use crate::reaper::Reaper;
@@ -21,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long a container's processes get to die after SIGKILL on a forced removal.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -169,6 +171,8 @@ impl Container {
 pub struct Containers {
     root: PathBuf,
     reaper: Reaper,
+    /// Forks the container helpers (see `spawner`).
+    spawner: Arc<spawner::Spawner>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Ids being created or removed, so two requests for one id do not race.
     busy: Mutex<std::collections::HashSet<String>>,
@@ -186,7 +190,8 @@ impl Drop for Busy<'_> {
 impl Containers {
     /// A manager keeping bundles and libcontainer's state under `root`.
     pub fn new(root: PathBuf, reaper: Reaper) -> Containers {
-        Containers { root, reaper, containers: Mutex::default(), busy: Mutex::default(), results: AtomicU64::new(0) }
+        let spawner = Arc::new(spawner::Spawner::start());
+        Containers { root, reaper, spawner, containers: Mutex::default(), busy: Mutex::default(), results: AtomicU64::new(0) }
     }
 
     /// Number of containers.
@@ -215,8 +220,9 @@ impl Containers {
             id: id.to_owned(),
             result: self.root.join(format!("helper-result-{n}.json")),
             op,
+            log: None,
         };
-        match helper::run(&self.reaper, request, stdio).await? {
+        match helper::run(&self.reaper, &self.spawner, request, stdio).await? {
             Outcome::Ok { pid } => Ok(pid),
             Outcome::Err { message } => Err(ContainerError::Runtime { action, id: id.to_owned(), message }),
         }
@@ -225,6 +231,7 @@ impl Containers {
     /// Creates a container: its init process waits for `start`.
     pub async fn create(&self, id: &str, spec_json: &[u8], rootfs: Option<pb::Storage>) -> Result<(), ContainerError> {
         bundle::validate_id("container", id)?;
+        let began = std::time::Instant::now();
         let storage = rootfs.ok_or_else(|| ContainerError::InvalidArgument("no rootfs given".into()))?;
         let _busy = self.reserve(id)?;
         let bundle_dir = self.root.join("bundles").join(id);
@@ -242,6 +249,7 @@ impl Containers {
             undo(false);
             return Err(e);
         }
+        let mount_ms = began.elapsed().as_millis() as u64;
         let result = self.create_mounted(id, &spec, &bundle_dir).await;
         match result {
             Ok(init) => {
@@ -259,7 +267,8 @@ impl Containers {
                     init: Arc::new(init),
                     execs: Mutex::default(),
                 };
-                info!(container = id, pid = container.init.pid, "container created");
+                let ms = began.elapsed().as_millis() as u64;
+                info!(container = id, pid = container.init.pid, ms, mount_ms, "container created");
                 self.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), Arc::new(container));
                 Ok(())
             }
@@ -289,7 +298,16 @@ impl Containers {
         let c = self.get(id)?;
         let _op = c.op.lock().await;
         c.require(&[State::Created], "start")?;
-        self.helper(id, Op::Start, Stdio3::null(), "start").await?;
+        let root = self.root.join("libcontainer");
+        let owned = id.to_owned();
+        let started = tokio::task::spawn_blocking(move || start::start(&root, &owned))
+            .await
+            .map_err(|e| ContainerError::Runtime { action: "start", id: id.to_owned(), message: e.to_string() })?
+            .map_err(|e| ContainerError::Runtime { action: "start", id: id.to_owned(), message: crate::error_chain(&e) })?;
+        if let start::Started::NeedsHelper(why) = started {
+            debug!(container = id, why, "starting through the container helper");
+            self.helper(id, Op::Start, Stdio3::null(), "start").await?;
+        }
         c.set_state(State::Running);
         Ok(())
     }

@@ -8,7 +8,6 @@ use agent_protocol::pb;
 use futures::Stream;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -156,7 +155,7 @@ impl Spawn {
             Spawn::Pipes { child, .. } => {
                 let [i, o, e] = child.as_ref().ok_or_else(|| ContainerError::InvalidArgument("stdio already used".into()))?;
                 let dup = |fd: &OwnedFd| fd.try_clone().map_err(|source| ContainerError::Io { what: "duplicating stdio".into(), source });
-                Ok(Stdio3 { stdin: Stdio::from(dup(i)?), stdout: Stdio::from(dup(o)?), stderr: Stdio::from(dup(e)?) })
+                Ok(Stdio3::fds(dup(i)?, dup(o)?, dup(e)?))
             }
         }
     }

@@ -14,6 +14,7 @@
 //! - `close` stops the refill thread (after the boot in flight) and every ready VM.
 
 mod pool;
+mod priority;
 pub mod settings;
 
 use plugin_api::factory::{config_mismatch, FactoryHostBox, FactoryStatus, VmFactoryPlugin};
@@ -72,6 +73,7 @@ impl CacheFactory {
     /// error is the caller's, so a bad request costs the pool nothing; a VM that cannot be
     /// adopted for another reason is stopped (`Ok(None)`: try the next).
     fn hand_over(&self, pool: &Pool, hypervisor: &HypervisorBox, sandbox_id: &str, config: &HypervisorConfig, vm: Ready) -> Result<Option<Vec<u8>>, PluginError> {
+        pool.restore_priority(&vm);
         let blob = match hypervisor.adopt_vm(vm.blob.as_slice().into(), sandbox_id.into()).into_result() {
             Ok(blob) => blob.into_vec(),
             Err(e) if matches!(e.kind, ErrorKind::INVALID_INPUT | ErrorKind::BUSY) => {

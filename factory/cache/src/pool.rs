@@ -4,8 +4,10 @@
 //! One refill thread boots one VM at a time until `size` VMs are ready or booting, and about
 //! once a second checks the ready ones: a VM whose process is gone is stopped (its files
 //! removed) and replaced, never handed out. A boot that fails is logged and retried after a
-//! back-off (1 s, doubling up to 30 s), so a broken config does not boot in a loop.
+//! back-off (1 s, doubling up to 30 s), so a broken config does not boot in a loop. Its
+//! boots run at a lower CPU priority than the sandboxes being served (see `priority`).
 
+use crate::priority::Priority;
 use plugin_api::factory::{FactoryHostBox, PooledVm};
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorHandle};
 use plugin_api::payload::Payload;
@@ -53,6 +55,8 @@ pub struct Pool {
     work_dir: PathBuf,
     state: Mutex<State>,
     wake: Condvar,
+    /// The refill thread's boot priority, once it runs.
+    priority: Mutex<Option<Priority>>,
 }
 
 impl Pool {
@@ -61,7 +65,7 @@ impl Pool {
         let config = HypervisorConfig::decode(&host.vm_config())?;
         let hypervisor = HypervisorHandle::new(host.pool_hypervisor(), "hypervisor");
         let work_dir = PathBuf::from(host.work_dir().as_str());
-        Ok(Pool { size, host, hypervisor, config, work_dir, state: Mutex::new(State::default()), wake: Condvar::new() })
+        Ok(Pool { size, host, hypervisor, config, work_dir, state: Mutex::new(State::default()), wake: Condvar::new(), priority: Mutex::new(None) })
     }
 
     /// The host object.
@@ -101,6 +105,14 @@ impl Pool {
         }
         drop(s);
         self.discard(vm);
+    }
+
+    /// Gives a VM being handed out the normal CPU priority again (see `priority`).
+    pub fn restore_priority(&self, vm: &Ready) {
+        let priority = *self.priority.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(priority), Some(pid)) = (priority, pid_of(&vm.blob)) {
+            priority.restore(pid);
+        }
     }
 
     /// Stops a VM of the pool and removes its console log.
@@ -156,6 +168,7 @@ impl Pool {
 
     /// The refill thread's loop.
     pub fn refill(self: Arc<Self>) {
+        *self.priority.lock().unwrap_or_else(|p| p.into_inner()) = Some(Priority::lower_this_thread());
         let mut backoff = Duration::ZERO;
         loop {
             if !backoff.is_zero() && self.sleep(backoff) {
