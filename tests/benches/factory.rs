@@ -158,7 +158,10 @@ fn main() {
     });
     match hv {
         Hypervisor::Qemu => println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, cache size 1:"),
-        Hypervisor::Kvm => println!("our vmm (kvm plugin, debug build), 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, cache size 1:"),
+        Hypervisor::Kvm => println!(
+            "our vmm ({}), 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, cache size 1:",
+            integration_tests::kvm::vmm_binary().display()
+        ),
     }
     let c = line("RunSandbox to first output, factory new (cold boot)", &cold, "s");
     let w = line("RunSandbox to first output, factory cache (warm pool)", &warm, "s");

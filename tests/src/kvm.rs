@@ -12,9 +12,10 @@ pub fn hardware_kvm() -> bool {
     vmm::host::check().is_ok()
 }
 
-/// The `vmm` binary of this build.
+/// The `vmm` binary of this build, or the one `SANDBOX_TESTS_VMM` names (the benchmarks run
+/// the release build).
 pub fn vmm_binary() -> PathBuf {
-    crate::profile_dir().join("vmm")
+    std::env::var_os("SANDBOX_TESTS_VMM").map(PathBuf::from).unwrap_or_else(|| crate::profile_dir().join("vmm"))
 }
 
 /// The guest image for a hypervisor-kvm end-to-end test, or `None` after saying why it
