@@ -97,12 +97,11 @@ async fn a_container_runs_in_a_sandbox_from_each_factory(hv: Hypervisor) {
     t.assert_nothing_left("bigger");
 }
 
-/// Ten sandboxes one after another from a cache of two (of one on `kvm`: in the nested L1
-/// here, three L2 VMs at once, two pooled and a sandbox's, stalled and then stopped L1 itself;
-/// see docs/MACHINE-FACTS.md), each a distinct VM, the first ones from the pool.
+/// Ten sandboxes one after another from a cache of two, each a distinct VM, the first ones
+/// from the pool.
 async fn ten_sandboxes_one_after_another_from_a_cache(hv: Hypervisor) {
     let Some(image) = hv.image_or_skip() else { return };
-    let size = if hv == Hypervisor::Kvm { 1 } else { 2 };
+    let size: u32 = 2;
     let t = TestRuntime::with(&image, hv, &cache(&image, size));
     wait_ready(&t.runtime, size as usize).await;
     let mut pids = Vec::new();
