@@ -29,6 +29,7 @@ pub mod error;
 pub mod factory;
 pub mod guard;
 pub mod hypervisor;
+pub mod ids;
 pub mod logging;
 pub mod manifest;
 pub mod module;

@@ -58,20 +58,26 @@ pub fn build_vmm_release() -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "vmm", "--bin", "vmm"]))
 }
 
-/// Runs cargo with `args` (a `--no-run` build) and returns the executable of the target named
-/// `name` among the artifacts for which `wanted` holds (cargo's JSON message).
-pub fn executable(args: &[&str], name: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> Result<PathBuf> {
+/// Runs cargo with `args` (a `--no-run` build) and returns its `compiler-artifact` messages.
+pub fn artifacts(args: &[&str]) -> Result<Vec<serde_json::Value>> {
     let out = cargo().args(args).args(["--message-format=json", "--quiet"]).output().with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !out.status.success() {
         anyhow::bail!("cargo {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == name && wanted(&msg) {
-            if let Some(exe) = msg["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
-            }
-        }
-    }
-    anyhow::bail!("cargo {} did not name the executable of {name}", args.join(" "))
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact")
+        .collect())
+}
+
+/// The executable of the target named `name` among `artifacts` for which `wanted` holds.
+pub fn find_executable(artifacts: &[serde_json::Value], name: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> Option<PathBuf> {
+    artifacts.iter().filter(|msg| msg["target"]["name"] == name && wanted(msg)).find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+}
+
+/// Runs cargo with `args` (a `--no-run` build) and returns the executable of the target named
+/// `name` among the artifacts for which `wanted` holds (cargo's JSON message).
+pub fn executable(args: &[&str], name: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> Result<PathBuf> {
+    find_executable(&artifacts(args)?, name, wanted).with_context(|| format!("cargo {} did not name the executable of {name}", args.join(" ")))
 }

@@ -35,20 +35,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The longest sandbox id.
-pub const MAX_SANDBOX_ID_LEN: usize = 64;
+pub const MAX_SANDBOX_ID_LEN: usize = plugin_api::ids::MAX_ID_LEN;
 
 /// A sandbox id that cannot name a VM directory.
 #[derive(Debug, thiserror::Error)]
-#[error("sandbox id {0:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-', not starting with '.'")]
+#[error("sandbox id {0:?} must be {rule}", rule = plugin_api::ids::ID_RULE)]
 pub struct SandboxIdError(pub String);
 
-/// Checks a sandbox id: it names the VM's directory (and QEMU's `-name`).
+/// Checks a sandbox id (the runtime's one rule, [`plugin_api::ids::is_valid_id`]): it names
+/// the VM's directory (and QEMU's `-name`).
 pub fn validate_sandbox_id(id: &str) -> Result<(), SandboxIdError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_SANDBOX_ID_LEN
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if plugin_api::ids::is_valid_id(id) {
         Ok(())
     } else {
         Err(SandboxIdError(id.to_owned()))

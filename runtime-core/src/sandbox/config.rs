@@ -12,7 +12,7 @@ pub const MAX_VCPUS: u32 = 64;
 /// the hypervisor plugin's, which `create_vm` names).
 pub(crate) const ZERO_MEMORY: &str = "is 0; it must be at least 1 MiB (the hypervisor plugin sets its own floor)";
 /// Longest sandbox, container or process id.
-pub const MAX_ID_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = plugin_api::ids::MAX_ID_LEN;
 
 /// A sandbox: one VM, its disks and its containers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,14 +148,10 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 /// Checks an id (sandbox, container or process).
 pub fn validate_id(field: &str, id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && !id.starts_with(['.', '-'])
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if plugin_api::ids::is_valid_id(id) {
         Ok(())
     } else {
-        Err(invalid(field, format!("{id:?} must be 1 to {MAX_ID_LEN} characters of A-Z, a-z, 0-9, '_', '.' and '-', not starting with '.' or '-'")))
+        Err(invalid(field, format!("{id:?} must be {}", plugin_api::ids::ID_RULE)))
     }
 }
 

@@ -22,14 +22,20 @@ const SUITES: &[(&str, &str, &str)] = &[
 /// Longest one test binary may run in L1 before it counts as hung.
 const BINARY_TIMEOUT_S: u64 = 900;
 
-fn test_executable(package: &str, test: &str) -> Result<PathBuf> {
-    // --workspace, as `cargo xtask test` builds them: the same feature resolution, so no
-    // second build of the dependencies (bundled RocksDB alone is 15 minutes here).
-    crate::build::executable(&["test", "--workspace", "--no-run"], test, |msg| {
+/// The test executables, built in one cargo call with `--workspace`, as `cargo xtask test`
+/// builds them: the same feature resolution, so no second build of the dependencies (bundled
+/// RocksDB alone is 15 minutes here).
+fn test_artifacts() -> Result<Vec<serde_json::Value>> {
+    crate::build::artifacts(&["test", "--workspace", "--no-run"])
+}
+
+fn test_executable(artifacts: &[serde_json::Value], package: &str, test: &str) -> Result<PathBuf> {
+    crate::build::find_executable(artifacts, test, |msg| {
         let id = msg["package_id"].as_str().unwrap_or_default();
         let ours = id.contains(&format!("/{package}#")) || id.contains(&format!("{package}@")) || id.contains(&format!(" {package} "));
         msg["profile"]["test"] == true && ours
     })
+    .with_context(|| format!("cargo test --workspace --no-run did not name the executable of {package}/{test}"))
 }
 
 /// Longest one test may print nothing in L1 before it counts as stalled: below the host's
@@ -146,8 +152,9 @@ pub fn run_suites(options: &Options) -> Result<Vec<String>> {
     crate::guest::build(&target)?;
     let mut binaries = Vec::new();
     let chosen = |test: &str| options.only.as_deref().is_none_or(|only| only == test);
+    let artifacts = test_artifacts()?;
     for (package, test, filter) in SUITES.iter().filter(|(_, test, _)| chosen(test)) {
-        binaries.push((format!("{package}/{test}"), test_executable(package, test)?, filter.to_string()));
+        binaries.push((format!("{package}/{test}"), test_executable(&artifacts, package, test)?, filter.to_string()));
     }
     if binaries.is_empty() {
         bail!("no nested suite is named {:?}; the suites: {}", options.only.as_deref().unwrap_or(""), SUITES.iter().map(|s| s.1).collect::<Vec<_>>().join(", "));
