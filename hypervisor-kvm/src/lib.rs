@@ -68,6 +68,7 @@ impl VmOps for KvmConfig {
             KvmError::Op(e) => e.kind(|_| ErrorKind::OTHER),
             KvmError::KernelFormat(_) | KvmError::TooManyDevices { .. } => ErrorKind::INVALID_INPUT,
             KvmError::VmmMissing(_) => ErrorKind::NOT_FOUND,
+            KvmError::MemoryFileUnsupported(_) => ErrorKind::UNSUPPORTED,
             KvmError::KernelRead { .. } => ErrorKind::IO,
         }
     }
@@ -207,6 +208,12 @@ mod tests {
         bzimage[0x202..0x206].copy_from_slice(b"HdrS");
         std::fs::write(&c.kernel, bzimage).unwrap();
         hv.create_vm("sb1", &c).expect("a bzImage is accepted");
+
+        let mut c = config(tmp.path());
+        c.memory_file = Some(tmp.path().join("memory"));
+        let e = hv.create_vm("sb1", &c).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::UNSUPPORTED);
+        assert!(e.message.contains("memory_file"), "{e}");
 
         let e = hv.create_vm(".x", &config(tmp.path())).unwrap_err();
         assert!(

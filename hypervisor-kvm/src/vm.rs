@@ -115,6 +115,9 @@ pub fn create_vm(
     hv: &HypervisorConfig,
 ) -> Result<VmState, KvmError> {
     let spec = ops::check_request::<KvmFields>(sandbox_id, hv, &LIMITS)?;
+    if let Some(file) = &spec.memory_file {
+        return Err(KvmError::MemoryFileUnsupported(file.clone()));
+    }
     check_kernel_format(&spec.kernel)?;
     let devices = spec.disks.len()
         + 1

@@ -243,6 +243,7 @@ fn the_vmm_command_line() {
                 read_only: false,
             },
         ],
+        memory_file: None,
     };
     let dir = VmDir::new("/run/k/sb1");
     let tap = Network::Tap("tap0".into());

@@ -40,6 +40,14 @@ pub struct HypervisorConfig {
     /// today: device hotplug is not built yet).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// A file to hold the guest's RAM, mapped shared (the guest's writes reach the file), for
+    /// a VM that a `template` factory will save with
+    /// [`save_template`](HypervisorPlugin::save_template): its clones map the file
+    /// copy-on-write. The file is created (or truncated) to the RAM's size; its directory
+    /// must exist, and should be a tmpfs. `None` (the default): anonymous memory. A plugin
+    /// that cannot back RAM by a file refuses a config that sets it.
+    #[serde(default)]
+    pub memory_file: Option<PathBuf>,
 }
 payload!(HypervisorConfig, 1);
 

@@ -76,6 +76,7 @@ fn vm_config(image: &GuestImage, dir: &Path, name: &str) -> HypervisorConfig {
         extra: serde_json::Value::Null,
         console_log: Some(dir.join(format!("{name}-console.log"))),
         disks: vec![DiskConfig { name: "rootfs".into(), path: rootfs, read_only: false }],
+        memory_file: None,
     }
 }
 
@@ -180,13 +181,20 @@ async fn qemu_plugin_runs_a_vm_through_its_life() {
     assert!(!dir.exists(), "{} is left", dir.display());
     assert!(console.exists(), "the console log belongs to the host");
 
-    // A second VM: start, then stop through QMP.
-    let config = vm_config(&image, tmp.path(), "vm2");
+    // A second VM, its RAM in a file on a tmpfs (as a template VM's): start, then stop
+    // through QMP.
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
+    let memory = shm.path().join("memory");
+    let config = HypervisorConfig { memory_file: Some(memory.clone()), ..vm_config(&image, tmp.path(), "vm2") };
     let mut vm2 = Vm::create(&hv, "it-vm2", &config);
     vm2.apply("start_vm", |hv, b| hv.start_vm(b));
     assert_eq!(vm2.status(), "running");
     let (pid, start_time) = vm2.pid();
     let dir = vm2.dir();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("QEMU's maps");
+    let mapped = maps.lines().find(|l| l.ends_with(&memory.display().to_string())).expect("QEMU maps the memory file");
+    assert_eq!(mapped.split_whitespace().nth(1).map(|p| p.ends_with('s')), Some(true), "mapped shared: {mapped}");
+    assert_eq!(std::fs::metadata(&memory).expect("memory file").len(), 512 << 20);
     assert!(hypervisor_qemu::process::is_alive(pid, start_time));
     let stopping = Instant::now();
     vm2.apply("stop_vm", |hv, b| hv.stop_vm(b));

@@ -272,6 +272,7 @@ mod tests {
             extra: serde_json::Value::Null,
             console_log: None,
             disks: vec![],
+            memory_file: None,
         };
         let guest = Guest { config, work_dir: dir.path().to_owned(), boot_timeout: Duration::from_secs(1) };
         run(&hv, &guest, &|endpoints: &str, _| if endpoints.starts_with("unix:") { Ok(()) } else { Err("no agent".into()) })

@@ -73,6 +73,8 @@ pub struct VmSpec {
     pub console_log: Option<PathBuf>,
     /// Disks, in order.
     pub disks: Vec<DiskSpec>,
+    /// The file to hold the guest's RAM, shared (absolute), for a VM to be saved as a template.
+    pub memory_file: Option<PathBuf>,
 }
 
 fn invalid(field: impl Into<String>, value: impl std::fmt::Debug, why: impl Into<String>) -> SpecError {
@@ -126,7 +128,8 @@ pub fn validate(config: &HypervisorConfig, limits: &Limits) -> Result<VmSpec, Sp
     }
     let kernel = existing_file("kernel", &config.kernel)?;
     let initrd = config.initrd.as_deref().map(|p| existing_file("initrd", p)).transpose()?;
-    let console_log = config.console_log.as_deref().map(console_log).transpose()?;
+    let console_log = config.console_log.as_deref().map(|p| file_to_create("console_log", p)).transpose()?;
+    let memory_file = config.memory_file.as_deref().map(|p| file_to_create("memory_file", p)).transpose()?;
     let mut names = HashSet::new();
     let mut disks = Vec::with_capacity(config.disks.len());
     for (i, disk) in config.disks.iter().enumerate() {
@@ -146,12 +149,13 @@ pub fn validate(config: &HypervisorConfig, limits: &Limits) -> Result<VmSpec, Sp
         memory_mib: config.memory_mib,
         console_log,
         disks,
+        memory_file,
     })
 }
 
-/// The console log: absolute, in an existing directory, not a directory itself.
-fn console_log(path: &Path) -> Result<PathBuf, SpecError> {
-    let field = "console_log";
+/// A file the VMM creates or writes (the console log, the memory file): absolute, in an
+/// existing directory, not a directory itself.
+fn file_to_create(field: &str, path: &Path) -> Result<PathBuf, SpecError> {
     let file_name = path.file_name().ok_or_else(|| invalid(field, path, "must name a file"))?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -205,6 +209,7 @@ mod tests {
                     DiskConfig { name: "rootfs".into(), path: self.path("a.img"), read_only: true },
                     DiskConfig { name: "data".into(), path: self.path("b.img"), read_only: false },
                 ],
+                memory_file: None,
             }
         }
     }
@@ -250,6 +255,11 @@ mod tests {
         let mut c = f.config();
         c.console_log = Some(f.path("no-such-dir/console.log"));
         assert!(error(&c).contains("console_log"));
+        c.console_log = None;
+        c.memory_file = Some(f.path("no-such-dir/memory"));
+        assert!(error(&c).contains("memory_file"));
+        c.memory_file = Some(f.path("a,b"));
+        assert!(error(&c).contains("memory_file"), "a ',' cannot go into QEMU's options");
     }
 
     #[test]

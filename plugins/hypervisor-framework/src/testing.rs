@@ -16,6 +16,7 @@ pub fn hypervisor_config(kernel: impl Into<PathBuf>) -> HypervisorConfig {
         extra: serde_json::Value::Null,
         console_log: None,
         disks: vec![],
+        memory_file: None,
     }
 }
 

@@ -58,6 +58,12 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     argv.push(&["-name", &format!("sandbox-{}", a.sandbox_id)]);
     argv.push(&["-M", a.machine, "-accel", a.accel.name(), "-cpu", a.accel.cpu()]);
     argv.push(&["-smp", &s.vcpus.to_string(), "-m", &s.memory_mib.to_string()]);
+    if let Some(file) = &s.memory_file {
+        // The RAM in a shared file mapping, so the VM can be saved as a template (its state
+        // saved without the RAM, which stays in the file for the clones to map).
+        let backend = format!("memory-backend-file,id=ram,size={}M,mem-path={},share=on", s.memory_mib, file.display());
+        argv.push(&["-object", &backend, "-machine", "memory-backend=ram"]);
+    }
     argv.path("-kernel", &s.kernel);
     argv.opt_path("-initrd", s.initrd.as_deref());
     let append = hypervisor_framework::agent::kernel_cmdline(a.agent_ports, a.vsock_cid.is_some(), "", &s.kernel_params);
@@ -131,6 +137,7 @@ mod tests {
                 DiskSpec { name: "rootfs".into(), path: "/img/root.ext4".into(), read_only: true },
                 DiskSpec { name: "data".into(), path: "/img/data.img".into(), read_only: false },
             ],
+            memory_file: None,
         }
     }
 
@@ -190,6 +197,16 @@ mod tests {
         assert!(has(&a, ["-serial", "null"]));
         assert!(!a.iter().any(|x| x == "-initrd" || x == "-nic" || x == "-drive"));
         assert!(has(&a, ["-append", "console=ttyS0 panic=-1 quiet agent.channels=serial:agent.0,serial:agent.1"]));
+    }
+
+    #[test]
+    fn a_memory_file_backs_the_ram_shared() {
+        assert!(!argv(Accel::Tcg, Network::User, None, &spec()).iter().any(|x| x.starts_with("memory-backend")));
+        let s = VmSpec { memory_file: Some("/dev/shm/t/memory".into()), ..spec() };
+        let a = argv(Accel::Tcg, Network::User, None, &s);
+        assert!(has(&a, ["-object", "memory-backend-file,id=ram,size=512M,mem-path=/dev/shm/t/memory,share=on"]), "{a:?}");
+        assert!(has(&a, ["-machine", "memory-backend=ram"]));
+        assert!(has(&a, ["-m", "512"]), "-m stays: QEMU checks the backend's size against it");
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub fn vm_config(section: &HypervisorSection, vcpus: Option<u32>, memory_mib: Op
         extra: serde_json::Value::Null,
         console_log,
         disks,
+        memory_file: None,
     }
 }
 
