@@ -16,6 +16,7 @@ impl Layout for KvmLayout {
     const PIDFILE: &'static str = "vmm.pid";
     const CONTROL_SOCKET: &'static str = "api.sock";
     const OTHER_SOCKETS: &'static [&'static str] = &[VSOCK_SOCKET];
+    const VMM_LOG: Option<&'static str> = Some(LOG);
 }
 
 /// A VM's directory.

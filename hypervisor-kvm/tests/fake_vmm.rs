@@ -184,6 +184,15 @@ fn a_vmm_that_went_away_is_dead_and_stop_still_cleans_up() {
     assert_eq!(ops::vm_status(&running), "dead");
     let e = ops::pause_vm(&running).unwrap_err();
     assert!(e.to_string().contains("sb1 is dead"), "{e}");
+    // What the vmm said last is kept for the log (stop_vm logs it before the directory goes),
+    // at most 4 KiB of it, from a line start.
+    let log = s.dir("sb1").join("vmm.log");
+    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.push_str(&"filler line\n".repeat(1000));
+    text.push_str("vmm: KVM_CREATE_VM failed: out of memory\n");
+    std::fs::write(&log, text).unwrap();
+    let tail = ops::vmm_log_tail(&running).expect("the vmm log's tail");
+    assert!(tail.ends_with("vmm: KVM_CREATE_VM failed: out of memory") && tail.len() <= 4096 && tail.starts_with("filler line"), "{tail}");
     ops::stop_vm(&running, Duration::from_secs(1)).unwrap();
     assert!(!s.dir("sb1").exists());
 }

@@ -30,6 +30,9 @@ pub trait Layout {
     const CONTROL_SOCKET: &'static str;
     /// The VMM's sockets besides the control channel's and the agent ports' (`vsock.sock`).
     const OTHER_SOCKETS: &'static [&'static str];
+    /// The VMM's own log (its stderr), if it keeps one in the VM directory (`vmm.log`): when
+    /// the VMM is found dead, its end is logged before the directory goes.
+    const VMM_LOG: Option<&'static str> = None;
 }
 
 /// A VM's directory, its files named by the plugin's [`Layout`] `L`.

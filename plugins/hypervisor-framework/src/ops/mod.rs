@@ -16,7 +16,7 @@ mod start;
 
 pub use error::OpError;
 pub use inventory::{adopt_vm, list_vms};
-pub use run_state::{pause_vm, resume_vm, stop_vm, vm_status};
+pub use run_state::{pause_vm, resume_vm, stop_vm, vm_status, vmm_log_tail};
 pub use start::start_vm;
 
 use crate::control::Control;

@@ -6,7 +6,7 @@ use crate::control::{Control, RunRequest};
 use crate::state::VmState;
 use crate::{dir, process, Lifecycle};
 use std::time::Duration;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Sends a request that changes the run state ([`RunRequest::Pause`], [`RunRequest::Resume`])
 /// to a live VM that is `from`; the VM is then `to`.
@@ -46,12 +46,31 @@ pub fn stop_vm<F: Control>(state: &VmState<F>, stop_timeout: Duration) -> Result
         let quit = || F::request(state, RunRequest::Quit, CONTROL_TIMEOUT.min(stop_timeout)).map_err(|e| error_report::chain(&e));
         process::terminate(F::PROGRAM, pid, start, stop_timeout, quit)
             .map_err(|source| OpError::Process { sandbox_id: id.into(), program: F::THE_PROGRAM, source })?;
+    } else if matches!(state.lifecycle, Lifecycle::Running | Lifecycle::Paused) {
+        // It died behind the plugin's back: what it said last goes before its directory does.
+        if let Some(tail) = vmm_log_tail::<F>(state) {
+            warn!(sandbox_id = id, "{} had exited on its own; its log ends with:\n{tail}", F::THE_PROGRAM);
+        }
     }
     dir::remove(state.vm_dir().path())?;
     if state.lifecycle != Lifecycle::Stopped {
         info!(sandbox_id = id, "VM stopped");
     }
     Ok(VmState { lifecycle: Lifecycle::Stopped, ..state.clone() })
+}
+
+/// How much of a dead VMM's log [`stop_vm`] logs.
+const VMM_LOG_TAIL: usize = 4096;
+
+/// The end of the VMM's log (the layout's [`Layout::VMM_LOG`](crate::dir::Layout::VMM_LOG)),
+/// at most [`VMM_LOG_TAIL`] bytes from a line start; `None` without one or when it is empty.
+pub fn vmm_log_tail<F: Control>(state: &VmState<F>) -> Option<String> {
+    use crate::dir::Layout;
+    let text = std::fs::read(state.vm_dir().path().join(<F::Layout as Layout>::VMM_LOG?)).ok()?;
+    let start = text.len().saturating_sub(VMM_LOG_TAIL);
+    let start = if start == 0 { 0 } else { text[start..].iter().position(|&b| b == b'\n').map_or(start, |n| start + n + 1) };
+    let tail = String::from_utf8_lossy(&text[start..]).trim_end().to_owned();
+    (!tail.is_empty()).then_some(tail)
 }
 
 /// `created`, `running`, `paused`, `stopped` or `dead`. A live VMM whose vCPUs do not run
