@@ -22,6 +22,9 @@ pub enum GuestError {
     /// Writing to the RNG failed.
     #[error("adding entropy to /dev/urandom")]
     Random(#[source] std::io::Error),
+    /// The kernel refused to reseed its CRNG.
+    #[error("reseeding the kernel's CRNG (RNDRESEEDCRNG)")]
+    Reseed(#[source] std::io::Error),
 }
 
 /// Sets the wall clock.
@@ -33,8 +36,11 @@ pub fn set_time(seconds: i64, nanoseconds: u32) -> Result<(), GuestError> {
     clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(GuestError::Clock)
 }
 
-/// Mixes `data` into the kernel's pool and credits it (RNDADDENTROPY), so that a clone of a
-/// template does not share its RNG state with its siblings.
+/// Mixes `data` into the kernel's pool and credits it (RNDADDENTROPY), then has the kernel
+/// reseed its CRNG from the pool at once (RNDRESEEDCRNG), so that a clone of a template does
+/// not share its RNG output with its siblings: without the reseed, what `/dev/urandom` and
+/// `getrandom` give comes from the CRNG state the clone resumed, which only reseeds itself
+/// from the pool every minute.
 pub fn reseed_random(data: &[u8]) -> Result<(), GuestError> {
     if data.is_empty() || data.len() > MAX_SEED {
         return Err(GuestError::BadSeed(data.len()));
@@ -50,6 +56,15 @@ pub fn reseed_random(data: &[u8]) -> Result<(), GuestError> {
     // ioctl expects; the fd is open for writing.
     if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } < 0 {
         return Err(GuestError::Random(std::io::Error::last_os_error()));
+    }
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: an ioctl without an argument on the fd opened above.
+    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) } < 0 {
+        let e = std::io::Error::last_os_error();
+        // ENODATA: the CRNG is not initialized yet, and will seed itself from the pool.
+        if e.raw_os_error() != Some(libc::ENODATA) {
+            return Err(GuestError::Reseed(e));
+        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `sandboxctl factory init | serve | status | destroy`: the VM factory server, as Kata 1.x's
 //! `kata-runtime factory` had it. `init` starts `serve` in the background and returns once it
-//! answers; `status` shows its pool; `destroy` stops it, stopping every VM it holds (and, when
-//! no server answers, the VMs a killed one left).
+//! answers (a `template` factory has then made its template); `status` shows its pool and its
+//! template; `destroy` stops it, stopping every VM it holds and removing its template (and,
+//! when no server answers, the VMs a killed one left and the template).
 
 use crate::output::{self, Format, Table};
 use anyhow::{bail, Context, Result};
@@ -31,8 +32,9 @@ pub enum FactoryCommand {
     Serve,
     /// The server's pool: each VM's id, state, what the hypervisor says of it, age and pid.
     Status,
-    /// Stop the factory server and every VM it holds; with no server answering, stop the VMs
-    /// that a killed server left and remove its stale socket.
+    /// Stop the factory server and every VM it holds, and remove its template; with no server
+    /// answering, stop the VMs that a killed server left, remove its stale socket and the
+    /// template.
     Destroy,
 }
 
@@ -120,17 +122,37 @@ async fn status(remote: &Remote, format: Format) -> Result<()> {
     };
     if format == Format::Table {
         println!("factory {} (size {}), server pid {}, config {}", s.status.factory, s.status.size, s.pid, s.config);
+        if let Some(t) = &s.status.template {
+            println!("{}", template_line(t));
+        }
     }
     output::print(format, table, || {
-        Ok(serde_json::json!({"factory": s.status.factory, "size": s.status.size, "server_pid": s.pid, "config": s.config, "vms": s.status.vms}))
+        Ok(serde_json::json!({"factory": s.status.factory, "size": s.status.size, "server_pid": s.pid, "config": s.config, "vms": s.status.vms, "template": s.status.template}))
     })
+}
+
+/// One line on a template: where, how big, made by what for which VM, how many clones.
+fn template_line(t: &plugin_api::factory::TemplateInfo) -> String {
+    let c = &t.config;
+    let age = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()).saturating_sub(t.created_unix_s);
+    format!(
+        "template {} ({:.1} MiB on disk), hypervisor {}, saved {age} s ago, for {} vCPU(s), {} MiB, kernel {}, {} disk(s); {} clone(s) made",
+        t.path.display(),
+        t.disk_bytes as f64 / (1024.0 * 1024.0),
+        t.hypervisor,
+        c.vcpus,
+        c.memory_mib,
+        c.kernel.display(),
+        c.disks.len(),
+        t.clones
+    )
 }
 
 async fn destroy(config: &RuntimeConfig, remote: &Remote) -> Result<()> {
     match remote.status().await {
         Ok(s) => {
             let held = s.status.vms.len();
-            remote.shutdown().await?;
+            remote.shutdown(true).await?;
             let began = Instant::now();
             while Path::new(&format!("/proc/{}", s.pid)).exists() && !zombie(s.pid) {
                 if began.elapsed() > WAIT {
@@ -143,6 +165,7 @@ async fn destroy(config: &RuntimeConfig, remote: &Remote) -> Result<()> {
         Err(RemoteError::Unreachable { .. }) => {
             let runtime = Runtime::new(config.clone())?;
             let reaped = runtime.reap_dead_factories().await?;
+            runtime.destroy_factory_files().await?;
             for path in [remote.socket().to_owned(), runtime_core::factory::server::lock_path(remote.socket())] {
                 if path.exists() {
                     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 // Link the built-in plugins so that their static registrations are part of this binary.
 use factory_cache as _;
 use factory_new as _;
+use factory_template as _;
 use hypervisor_kvm as _;
 use hypervisor_qemu as _;
 use storage_fs as _;

@@ -3,6 +3,8 @@
 //! second server on the socket, the server killed with SIGKILL (its pool's VMs are found and
 //! stopped by `destroy`; the sandboxes it handed out keep running), a stale socket file, a
 //! client that dies mid-hand-out (its VM is an orphan that `list` shows and `delete` stops).
+//! A template factory served the same way: made by `init`, shown by `status`, cloned for a
+//! sandbox, removed by `destroy`.
 
 use hypervisor_framework::process::runs;
 use integration_tests::qemu::image_or_skip;
@@ -54,6 +56,17 @@ fn wait_for_pool(config: &Path) {
     }
 }
 
+/// Runs sandbox `web` in the background: container `c1` sleeps over the image's rootfs.
+fn run_web(dir: &Path, config: &Path, image: &integration_tests::qemu::GuestImage) {
+    let sandbox = dir.join("web.toml");
+    std::fs::write(
+        &sandbox,
+        format!("id = 'web'\n[[disks]]\nname = 'rootfs'\npath = {:?}\n[[containers]]\nid = 'c1'\nrootfs = {{ disk = 'rootfs' }}\nprocess = {{ args = ['sleep', '1000'] }}\n", image.rootfs),
+    )
+    .expect("sandbox");
+    ok(config, &["run", "-d", sandbox.to_str().expect("utf-8")]);
+}
+
 /// Kills, when dropped, every process whose command line names the test's directory (the
 /// server, its pool's VMs, the sandbox's): a failed assertion leaves nothing running.
 struct KillLeftovers(std::path::PathBuf);
@@ -103,13 +116,7 @@ fn the_factory_server_as_an_operator_uses_it() {
     assert_eq!(pooled.len(), 1, "a pool of one");
 
     // A sandbox takes the pooled VM (its VMM keeps running under the sandbox's directory).
-    let sandbox = dir.path().join("web.toml");
-    std::fs::write(
-        &sandbox,
-        format!("id = 'web'\n[[disks]]\nname = 'rootfs'\npath = {:?}\n[[containers]]\nid = 'c1'\nrootfs = {{ disk = 'rootfs' }}\nprocess = {{ args = ['sleep', '1000'] }}\n", image.rootfs),
-    )
-    .expect("sandbox");
-    ok(&config, &["run", "-d", sandbox.to_str().expect("utf-8")]);
+    run_web(dir.path(), &config, &image);
     let copy: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("vms/web/vm-state.json")).expect("state copy")).expect("JSON");
     assert_eq!(copy["pid"].as_i64(), Some(pooled[0]), "the sandbox got the pooled VM");
     let hello = ok(&config, &["container", "exec", "web", "c1", "--", "echo", "from-pool"]);
@@ -165,6 +172,68 @@ fn the_factory_server_as_an_operator_uses_it() {
     ok(&config, &["delete", "web"]);
     let list = ok(&config, &["list", "--json"]);
     assert_eq!(list.trim(), "[]", "nothing left: {list}");
+}
+
+/// A template factory through the server: `init` makes the template (0700 directory, 0600
+/// files), `status` shows it, `run` gets a clone of it, `destroy` removes it; with no server
+/// answering, `destroy` removes it too.
+#[test]
+fn a_template_made_by_factory_init_is_cloned_and_destroyed() {
+    let Some(image) = image_or_skip() else { return };
+    let dir = integration_tests::private_dir();
+    let _leftovers = KillLeftovers(dir.path().to_owned());
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
+    let template = shm.path().join("template");
+    let config = write_config(dir.path(), &image);
+    let socket = dir.path().join("factory.sock");
+    let base = std::fs::read_to_string(&config).expect("config");
+    let factory = format!(
+        "{base}[factory]\nplugin = \"template\"\npath = {template:?}\nserver = {socket:?}\ndisks = [{{ name = \"rootfs\", path = {:?} }}]\n",
+        image.rootfs
+    );
+    std::fs::write(&config, factory).expect("config");
+    ok(&config, &["factory", "init"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&template), 0o700);
+    for f in std::fs::read_dir(&template).expect("the template's files") {
+        let f = f.expect("entry").path();
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    let table = ok(&config, &["factory", "status"]);
+    let line = format!("template {} (", template.display());
+    assert!(table.lines().any(|l| l.starts_with(&line) && l.contains("hypervisor qemu") && l.contains("512 MiB") && l.contains("0 clone(s)")), "{table}");
+    let status: serde_json::Value = serde_json::from_str(&ok(&config, &["factory", "status", "--json"])).expect("JSON");
+    assert_eq!(status["template"]["path"].as_str(), template.to_str(), "{status}");
+
+    run_web(dir.path(), &config, &image);
+    let copy: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("vms/web/vm-state.json")).expect("state copy")).expect("JSON");
+    assert!(copy["incoming"].as_str().is_some_and(|s| s.starts_with(template.to_str().expect("utf-8"))), "the sandbox's VM is a clone: {copy}");
+    let hello = ok(&config, &["container", "exec", "web", "c1", "--", "echo", "from-a-clone"]);
+    assert!(hello.contains("from-a-clone"), "{hello}");
+    let console = ok(&config, &["console", "web"]);
+    assert!(console.contains("is a clone of the QEMU VM template"), "{console}");
+    let status: serde_json::Value = serde_json::from_str(&ok(&config, &["factory", "status", "--json"])).expect("JSON");
+    assert_eq!(status["template"]["clones"], 1, "{status}");
+
+    // destroy stops the server and removes the template; the clone runs on.
+    let said = ok(&config, &["factory", "destroy"]);
+    assert!(said.contains("stopped the factory server"), "{said}");
+    assert!(!template.exists(), "destroy removes the template");
+    let hello = ok(&config, &["container", "exec", "web", "c1", "--", "echo", "still-here"]);
+    assert!(hello.contains("still-here"), "{hello}");
+    ok(&config, &["delete", "web"]);
+
+    // With no server answering, destroy still removes a template.
+    ok(&config, &["factory", "init"]);
+    assert!(template.join("template.json").exists());
+    let server: i64 = serde_json::from_str::<serde_json::Value>(&ok(&config, &["factory", "status", "--json"])).expect("JSON")["server_pid"].as_i64().expect("pid");
+    // SAFETY: kill(2) on the server this test started.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGKILL) }, 0);
+    assert!(gone_within(server, Duration::from_secs(10)));
+    let said = ok(&config, &["factory", "destroy"]);
+    assert!(said.contains("no factory server answers"), "{said}");
+    assert!(!template.exists(), "destroy without a server removes the template");
 }
 
 /// `sandboxctl conformance` picks the kit by the library's kind: the hypervisor kit boots the

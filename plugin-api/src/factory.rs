@@ -1,6 +1,6 @@
 //! The VM factory interface: `NewVM(HypervisorConfig)` of the seed. The kinds are `new`
 //! (boot a fresh VM), `cache` (hand out a VM booted ahead of time, from a pool that a base
-//! factory fills) and `template` (clone a saved template; not built yet).
+//! factory fills) and `template` (clone a saved template).
 //!
 //! The host builds one factory per runtime from the `[factory]` table of its config (the
 //! `new` factory without one), calls [`VmFactory::init`] once with a [`FactoryHost`], then
@@ -17,6 +17,7 @@ use abi_stable::{
     std_types::{RArc, RBox, RResult, RSlice, RStr, RString, RVec},
 };
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// The FFI-safe factory interface. Plugin authors implement [`VmFactoryPlugin`], whose
 /// documentation is the contract of each method.
@@ -49,6 +50,12 @@ pub trait VmFactory: Send + Sync {
     /// plugin built against an older 1.x it does nothing).
     fn close(&self) -> RResult<(), PluginError> {
         RResult::ROk(())
+    }
+
+    /// Closes the factory and removes what it keeps beyond its process, such as a template
+    /// (added in 1.3; for a plugin built against an older 1.x, [`close`](Self::close)).
+    fn destroy(&self) -> RResult<(), PluginError> {
+        self.close()
     }
 }
 
@@ -90,6 +97,18 @@ pub trait FactoryHost: Send + Sync {
     /// it is not empty; the time ran out).
     #[sabi(last_prefix_field)]
     fn wait_agent(&self, vm: RSlice<'_, u8>, console_log: RStr<'_>, timeout_ms: u64) -> RResult<(), PluginError>;
+
+    /// The name of the runtime's hypervisor plugin (`qemu`, `kvm`), what a template is made
+    /// with (added in 1.3; a host of an older 1.x answers `unknown`).
+    fn hypervisor_plugin(&self) -> RString {
+        RString::from("unknown")
+    }
+
+    /// The base factory's [`FactoryStatus`] payload, so a wrapping factory can show what its
+    /// base holds (a template; added in 1.3; a host of an older 1.x answers an empty status).
+    fn base_status(&self) -> RResult<RVec<u8>, PluginError> {
+        RResult::ROk(FactoryStatus::empty("unknown").encode().into())
+    }
 }
 
 /// A shared host object, as factories receive and keep it.
@@ -107,14 +126,36 @@ pub struct FactoryStatus {
     /// The VMs it holds now.
     #[serde(default)]
     pub vms: Vec<PooledVm>,
+    /// The template its VMs are cloned from (a `template` factory, or a `cache` over one;
+    /// added in 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateInfo>,
 }
 payload!(FactoryStatus, 1);
 
 impl FactoryStatus {
     /// The status of a factory that holds nothing.
     pub fn empty(factory: &str) -> FactoryStatus {
-        FactoryStatus { schema: 1, factory: factory.to_owned(), size: 0, vms: vec![] }
+        FactoryStatus { schema: 1, factory: factory.to_owned(), size: 0, vms: vec![], template: None }
     }
+}
+
+/// A saved VM template, as a factory's status shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TemplateInfo {
+    /// Its directory.
+    pub path: PathBuf,
+    /// The bytes its files take on their file system (the RAM file counts only the pages the
+    /// template's guest touched).
+    pub disk_bytes: u64,
+    /// The hypervisor plugin that made it.
+    pub hypervisor: String,
+    /// The VM it was made from (and every clone is).
+    pub config: HypervisorConfig,
+    /// When it was saved, in seconds since the Unix epoch.
+    pub created_unix_s: u64,
+    /// How many VMs were cloned from it by this factory instance.
+    pub clones: u64,
 }
 
 /// A VM a factory holds.
@@ -168,6 +209,13 @@ pub trait VmFactoryPlugin: Send + Sync + 'static {
     fn close(&self) -> Result<(), PluginError> {
         Ok(())
     }
+
+    /// [`close`](Self::close), then removes what the factory keeps beyond its process (a
+    /// template's files): `sandboxctl factory destroy`. It may come without
+    /// [`init`](Self::init). The default is `close`.
+    fn destroy(&self) -> Result<(), PluginError> {
+        self.close()
+    }
 }
 
 /// The first key in which `wanted` differs from `pool`, among those that decide which VM a
@@ -218,6 +266,10 @@ impl<F: VmFactoryPlugin> VmFactory for FactoryAdapter<F> {
 
     fn close(&self) -> RResult<(), PluginError> {
         guard("close", || self.0.close())
+    }
+
+    fn destroy(&self) -> RResult<(), PluginError> {
+        guard("destroy", || self.0.destroy())
     }
 }
 
@@ -272,5 +324,11 @@ impl VmFactoryHandle {
     pub fn close(&self) -> Result<(), PluginError> {
         let _span = self.span("close");
         self.inner.close().into_result()
+    }
+
+    /// See [`VmFactoryPlugin::destroy`].
+    pub fn destroy(&self) -> Result<(), PluginError> {
+        let _span = self.span("destroy");
+        self.inner.destroy().into_result()
     }
 }

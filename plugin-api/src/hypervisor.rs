@@ -121,7 +121,8 @@ pub trait Hypervisor: Send + Sync {
     fn resume_vm(&self, vm: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
     /// Saves a paused VM as a template under `dir`; returns the template descriptor.
     fn save_template(&self, vm: RSlice<'_, u8>, dir: RStr<'_>) -> RResult<RVec<u8>, PluginError>;
-    /// Creates a VM for `sandbox_id` from a template descriptor; returns its state.
+    /// Superseded by [`create_vm_from_template`](Self::create_vm_from_template) (1.3), which
+    /// also takes the clone's config; a 1.3 plugin answers `UNSUPPORTED` here.
     fn create_from_template(
         &self,
         sandbox_id: RStr<'_>,
@@ -156,7 +157,23 @@ pub trait Hypervisor: Send + Sync {
         let _ = (vm, sandbox_id);
         RResult::RErr(PluginError::unsupported(ADOPT_VM_UNSUPPORTED))
     }
+
+    /// Creates (but does not start) the VM of `sandbox_id` as a clone of a template descriptor
+    /// that [`save_template`](Self::save_template) returned, made as the [`HypervisorConfig`]
+    /// payload `config` asks (its console log); returns its state blob (added in 1.3). Plugins
+    /// built against an older 1.x lack this method; for them it answers `UNSUPPORTED`.
+    fn create_vm_from_template(
+        &self,
+        sandbox_id: RStr<'_>,
+        template: RSlice<'_, u8>,
+        config: RSlice<'_, u8>,
+    ) -> RResult<RVec<u8>, PluginError> {
+        let _ = (sandbox_id, template, config);
+        RResult::RErr(PluginError::unsupported(TEMPLATES_UNSUPPORTED))
+    }
 }
+
+const TEMPLATES_UNSUPPORTED: &str = "this hypervisor cannot create VMs from templates";
 
 const LIST_VMS_UNSUPPORTED: &str = "this hypervisor cannot list its VMs";
 const ADOPT_VM_UNSUPPORTED: &str = "this hypervisor cannot adopt VMs";
@@ -219,9 +236,10 @@ pub type HypervisorBox = Hypervisor_TO<'static, RArc<()>>;
 /// [`vm_status`](Self::vm_status) whenever it needs to know, [`pause_vm`](Self::pause_vm) and
 /// [`resume_vm`](Self::resume_vm) as asked, and [`stop_vm`](Self::stop_vm) to end;
 /// [`list_vms`](Self::list_vms) when it looks for VMs no record owns. The other methods have
-/// defaults that return `UNSUPPORTED`: [`adopt_vm`](Self::adopt_vm) is for VM factories,
-/// which today's core does not use yet, and the template and hotplug methods are not called
-/// yet either.
+/// defaults that return `UNSUPPORTED`: [`adopt_vm`](Self::adopt_vm) is for the `cache` VM
+/// factory, [`save_template`](Self::save_template) and
+/// [`create_from_template`](Self::create_from_template) for the `template` one, and
+/// [`hotplug`](Self::hotplug) is not called yet.
 pub trait HypervisorPlugin: Send + Sync + 'static {
     /// Creates the VM of sandbox `sandbox_id` from `config` and returns its state blob; starts
     /// nothing.
@@ -301,21 +319,39 @@ pub trait HypervisorPlugin: Send + Sync + 'static {
     /// the template's descriptor (opaque bytes that [`create_from_template`] reads back).
     /// For VM factories of kind `template`; the default refuses with `UNSUPPORTED`.
     ///
-    /// Today's core never calls it (the VM factories are not built yet).
+    /// - The VM must be paused and must have been created with a
+    ///   [`memory_file`](HypervisorConfig::memory_file) (its RAM, which the clones map):
+    ///   anything else is `INVALID_INPUT` naming what is missing.
+    /// - `dir` is an existing directory of the caller's (mode 0700, on a tmpfs by default);
+    ///   the plugin writes its files there (mode 0600) and names them in the descriptor.
+    /// - The descriptor holds everything a clone needs, including the config the VM was made
+    ///   from, so a clone does not depend on the plugin config of the instance that saved it.
+    /// - Afterwards the VM stays paused, must never run again (its RAM file is now the
+    ///   template's: the clones would see its writes), and is the caller's to stop; a plugin
+    ///   refuses to resume it (`INVALID_INPUT`).
     ///
     /// [`create_from_template`]: Self::create_from_template
     fn save_template(&self, _vm: &[u8], _dir: &str) -> Result<Vec<u8>, PluginError> {
         Err(PluginError::unsupported("this hypervisor cannot save templates"))
     }
 
-    /// Creates the VM of sandbox `sandbox_id` from a template descriptor that
-    /// [`save_template`](Self::save_template) returned, and returns its state blob, as
-    /// [`create_vm`](Self::create_vm) does. A descriptor this plugin cannot read is
-    /// `INVALID_INPUT`; the default refuses with `UNSUPPORTED`.
+    /// Creates (but does not start) the VM of sandbox `sandbox_id` as a clone of a template
+    /// descriptor that [`save_template`](Self::save_template) returned, and returns its state
+    /// blob, as [`create_vm`](Self::create_vm) does; [`start_vm`](Self::start_vm) then
+    /// restores the template's state and runs the clone from where the template stopped (its
+    /// agent already up: no kernel boot). The clone maps the template's RAM copy-on-write.
     ///
-    /// Today's core never calls it (the VM factories are not built yet).
-    fn create_from_template(&self, _sandbox_id: &str, _template: &[u8]) -> Result<Vec<u8>, PluginError> {
-        Err(PluginError::unsupported("this hypervisor cannot create VMs from templates"))
+    /// `config` must ask for the VM the template was made from (kernel, initrd, kernel
+    /// parameters, vCPUs, memory, disks, `extra`): a difference is `INVALID_INPUT` naming the
+    /// key and both values. Its `console_log` is the clone's own, and its `memory_file` must
+    /// be `None`. A descriptor this plugin cannot read, of another plugin or version, or whose
+    /// files are gone or were made by another VMM binary, is `INVALID_INPUT` saying which.
+    /// The default refuses with `UNSUPPORTED`.
+    ///
+    /// Every clone resumes the template's guest: same clock, same RNG state. The host sets
+    /// the guest's clock and reseeds its RNG through the agent before it uses a clone.
+    fn create_from_template(&self, _sandbox_id: &str, _template: &[u8], _config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
+        Err(PluginError::unsupported(TEMPLATES_UNSUPPORTED))
     }
 
     /// Adds a device to, or removes one from, the running VM of state blob `vm` as `request`
@@ -434,8 +470,8 @@ impl<H: HypervisorPlugin> Hypervisor for HypervisorAdapter<H> {
     fn save_template(&self, vm: RSlice<'_, u8>, dir: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
         guard("save_template", || out(self.0.save_template(&vm, dir.as_str())))
     }
-    fn create_from_template(&self, id: RStr<'_>, t: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
-        guard("create_from_template", || out(self.0.create_from_template(id.as_str(), &t)))
+    fn create_from_template(&self, _id: RStr<'_>, _t: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        RResult::RErr(PluginError::unsupported("create_from_template is superseded by create_vm_from_template (plugin-api 1.3)"))
     }
     fn hotplug(&self, vm: RSlice<'_, u8>, request: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
         use crate::payload::Payload;
@@ -455,6 +491,10 @@ impl<H: HypervisorPlugin> Hypervisor for HypervisorAdapter<H> {
     }
     fn adopt_vm(&self, vm: RSlice<'_, u8>, sandbox_id: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
         guard("adopt_vm", || out(self.0.adopt_vm(&vm, sandbox_id.as_str())))
+    }
+    fn create_vm_from_template(&self, id: RStr<'_>, t: RSlice<'_, u8>, config: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        use crate::payload::Payload;
+        guard("create_vm_from_template", || out(self.0.create_from_template(id.as_str(), &t, &HypervisorConfig::decode(&config)?)))
     }
 }
 
@@ -497,6 +537,9 @@ impl Hypervisor for Shared {
     }
     fn adopt_vm(&self, vm: RSlice<'_, u8>, sandbox_id: RStr<'_>) -> RResult<RVec<u8>, PluginError> {
         self.0.inner.adopt_vm(vm, sandbox_id)
+    }
+    fn create_vm_from_template(&self, id: RStr<'_>, t: RSlice<'_, u8>, config: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        self.0.inner.create_vm_from_template(id, t, config)
     }
 }
 
@@ -595,5 +638,19 @@ impl HypervisorHandle {
     pub fn adopt_vm(&self, vm: &[u8], sandbox_id: &str) -> Result<Vec<u8>, PluginError> {
         let _span = self.span("adopt_vm");
         Ok(self.inner.adopt_vm(vm.into(), sandbox_id.into()).into_result()?.into_vec())
+    }
+
+    /// See [`HypervisorPlugin::save_template`].
+    pub fn save_template(&self, vm: &[u8], dir: &str) -> Result<Vec<u8>, PluginError> {
+        let _span = self.span("save_template");
+        Ok(self.inner.save_template(vm.into(), dir.into()).into_result()?.into_vec())
+    }
+
+    /// See [`HypervisorPlugin::create_from_template`].
+    pub fn create_from_template(&self, sandbox_id: &str, template: &[u8], config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
+        use crate::payload::Payload;
+        let _span = self.span("create_from_template");
+        let bytes = config.encode();
+        Ok(self.inner.create_vm_from_template(sandbox_id.into(), template.into(), bytes.as_slice().into()).into_result()?.into_vec())
     }
 }

@@ -17,7 +17,7 @@
 //! ([`ErrorKind::PANICKED`]); logs reach the host through [`logging`].
 //!
 //! Compatibility: a plugin built against `plugin-api` 1.x loads in every core built against
-//! 1.y (for y > x through the frozen layouts of [`v1_0`] and [`v1_1`]; see `docs/PLUGIN-VENDORS.md`). The
+//! 1.y (for y > x through the frozen layouts of [`v1_0`], [`v1_1`] and [`v1_2`]; see `docs/PLUGIN-VENDORS.md`). The
 //! root module and the trait vtables are append-only prefix types.
 #![deny(missing_docs)]
 // The `#[sabi_trait]` and `StableAbi` macros of abi_stable 0.11 expand to impls inside consts.
@@ -42,6 +42,8 @@ pub mod storage;
 pub mod v1_0;
 #[doc(hidden)]
 pub mod v1_1;
+#[doc(hidden)]
+pub mod v1_2;
 
 pub use error::{ErrorKind, PluginError};
 pub use manifest::{PanicStrategy, PluginKind, PluginManifest};

@@ -21,8 +21,10 @@
 //!
 //! [factory]                                    # optional: where sandboxes' VMs come from
 //! plugin = "cache"                             # a VM factory plugin's name (default `new`:
-//!                                              # every VM cold-boots)
+//!                                              # every VM cold-boots; `template`: clones of
+//!                                              # a saved VM; `cache`: a pool of ready VMs)
 //! base = "new"                                 # the factory a cache fills its pool with
+//!                                              # (`new` or `template`)
 //! disks = [{ name = "rootfs", path = "/var/lib/sandbox-runtime/rootfs.img" }]
 //!                                              # disks every pooled VM has (read-only)
 //! server = "/run/sandbox-runtime/factory.sock" # optional: take VMs from the factory server
@@ -331,10 +333,10 @@ impl RuntimeConfig {
                 return Err(invalid("factory", "needs a [hypervisor] table: a VM factory makes VMs with it".into()));
             }
             if f.plugin.trim().is_empty() {
-                return Err(invalid("factory.plugin", "is empty; name a VM factory plugin (new, cache)".into()));
+                return Err(invalid("factory.plugin", "is empty; name a VM factory plugin (new, cache, template)".into()));
             }
             if let Some(base) = f.base.as_ref().filter(|b| b.trim().is_empty() || **b == f.plugin) {
-                return Err(invalid("factory.base", format!("is {base:?}; name another VM factory plugin (new)")));
+                return Err(invalid("factory.base", format!("is {base:?}; name another VM factory plugin (new, template)")));
             }
             if let Some(server) = &mut f.server {
                 relative(server);

@@ -16,97 +16,37 @@ use factory_cache as _;
 use hypervisor_kvm as _;
 use hypervisor_qemu as _;
 use integration_tests::qemu::{qemu_available, GuestImage};
-use integration_tests::sandbox::{container, read_until, sandbox, Hypervisor, TestRuntime};
-use plugin_api::hypervisor::HypervisorHandle;
-use runtime_core::config::RuntimeConfig;
-use std::sync::Arc;
+use integration_tests::factories::{line, run_to_output, wait_warm};
+use integration_tests::sandbox::{sandbox, Hypervisor, TestRuntime};
 use std::time::{Duration, Instant};
 use storage_fs as _;
 
 const RUNS: usize = 5;
 
-fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (values[values.len() / 2], values[0], values[values.len() - 1])
-}
-
-fn line(name: &str, values: &[f64], unit: &str) -> f64 {
-    let (m, lo, hi) = median(values.to_vec());
-    println!("{name}: median {m:.3} {unit} (min {lo:.3}, max {hi:.3}, {} runs)", values.len());
-    m
-}
-
-/// A progress line on stderr (the nested harness counts a run that prints nothing for minutes
-/// as hung, and a stall is easier to place).
-fn progress(what: &str, step: &str, since: Instant) {
-    eprintln!("factory bench: {what}: {step} after {:.1} s", since.elapsed().as_secs_f64());
-}
-
-async fn wait_warm(t: &TestRuntime) {
-    let began = Instant::now();
-    loop {
-        let status = t.runtime.factory_status().await.expect("factory status");
-        if status.vms.iter().any(|v| v.state == "ready") {
-            progress("pool", "warm", began);
-            return;
-        }
-        assert!(began.elapsed() < Duration::from_secs(300), "the pool never warmed: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// RunSandbox to the first output line, in seconds; the sandbox is deleted afterwards.
-async fn run_to_output(t: &TestRuntime, image: &GuestImage, id: &str) -> f64 {
-    let config = sandbox(id, image, vec![container("c1", "echo first line; sleep 1000")]);
-    let started = Instant::now();
-    let sb = t.runtime.run_sandbox(config).await.expect("RunSandbox");
-    progress(id, "running", started);
-    let mut io = sb.io_stream("c1", "c1").await.expect("IOStream");
-    read_until(&mut io.stdout, "first line").await;
-    let elapsed = started.elapsed().as_secs_f64();
-    drop(io);
-    sb.release().await;
-    t.runtime.delete_sandbox(id).await.expect("DeleteSandbox");
-    progress(id, "deleted", started);
-    elapsed
-}
-
 /// The cache factory driven directly, as a runtime starts it: `RUNS` times, wait for a warm
 /// pool, time `new_vm`, then the first agent health check; returns both in milliseconds.
 async fn raw_handouts(image: &GuestImage, hv: Hypervisor, cache: &str) -> (Vec<f64>, Vec<f64>) {
     let t = TestRuntime::with(image, hv, cache);
-    let mut config = RuntimeConfig::load(&t.config).expect("config");
-    config.runtime.state_dir = t.dir.path().join("raw-state");
-    let registry = runtime_core::plugins::discover(&config).expect("plugins");
-    let section = config.hypervisor.clone().expect("[hypervisor]");
-    let mut settings = section.settings_json();
-    settings["run_dir"] = serde_json::json!(t.dir.path().join("raw-vms"));
-    let hv: Arc<HypervisorHandle> = Arc::new(registry.open_hypervisor(&section.plugin, &settings).expect("hypervisor"));
-    let disks = config.factory.as_ref().expect("[factory]").disks.clone();
-    let vm = runtime_core::factory::vm_config(&section, None, None, disks, None);
     let handle = tokio::runtime::Handle::current();
-    let factory = registry.open_vm_factory("cache", &serde_json::json!({"size": 1})).expect("cache");
-    tokio::task::block_in_place(|| {
-        runtime_core::factory::with_started(&config, &registry, &hv, factory, |f| {
-            let (mut raw, mut first) = (Vec::new(), Vec::new());
-            for run in 0..RUNS {
-                let began = Instant::now();
-                while !f.status().expect("status").vms.iter().any(|v| v.state == "ready") {
-                    assert!(began.elapsed() < Duration::from_secs(300), "the pool never warmed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let started = Instant::now();
-                let blob = f.new_vm(hv.raw(), &format!("raw{run}"), &vm).expect("new_vm");
-                raw.push(started.elapsed().as_secs_f64() * 1e3);
-                let endpoints = hv.agent_endpoint(&blob).expect("endpoint");
-                let started = Instant::now();
-                handle.block_on(runtime_core::agent::probe(&endpoints, 1, Duration::from_secs(60))).expect("the agent answers");
-                first.push(started.elapsed().as_secs_f64() * 1e3);
-                hv.stop_vm(&blob).expect("stop");
+    integration_tests::factories::with_factory(&t, "cache", serde_json::json!({"size": 1}), |d| {
+        let (f, hv) = (d.factory, &d.hypervisor);
+        let (mut raw, mut first) = (Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            let began = Instant::now();
+            while !f.status().expect("status").vms.iter().any(|v| v.state == "ready") {
+                assert!(began.elapsed() < Duration::from_secs(300), "the pool never warmed");
+                std::thread::sleep(Duration::from_millis(100));
             }
-            (raw, first)
-        })
-        .expect("starting the cache")
+            let started = Instant::now();
+            let blob = f.new_vm(hv.raw(), &format!("raw{run}"), &d.vm).expect("new_vm");
+            raw.push(started.elapsed().as_secs_f64() * 1e3);
+            let endpoints = hv.agent_endpoint(&blob).expect("endpoint");
+            let started = Instant::now();
+            handle.block_on(runtime_core::agent::probe(&endpoints, 1, Duration::from_secs(60))).expect("the agent answers");
+            first.push(started.elapsed().as_secs_f64() * 1e3);
+            hv.stop_vm(&blob).expect("stop");
+        }
+        (raw, first)
     })
 }
 

@@ -2,6 +2,7 @@
 //! builds, building the out-of-tree fixtures, and skipping tests a machine cannot run.
 
 pub mod agent;
+pub mod factories;
 pub mod host_agent;
 pub mod kvm;
 pub mod oci;
@@ -34,7 +35,7 @@ pub fn workspace_plugin(lib_name: &str) -> PathBuf {
         path.exists(),
         "{} is missing: build the plugin libraries first (`cargo xtask test` does, or \
          `cargo build -p storage-fs-plugin -p storage-leveldb-plugin -p hypervisor-qemu-plugin \
-         -p hypervisor-kvm-plugin -p factory-new-plugin -p factory-cache-plugin -p panicky-plugin`)",
+         -p hypervisor-kvm-plugin -p factory-new-plugin -p factory-cache-plugin -p factory-template-plugin -p panicky-plugin`)",
         path.display()
     );
     path
@@ -110,4 +111,12 @@ pub fn skip_unless(available: bool, why: &str) -> bool {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Sends the runtime's and the plugins' warnings and errors (`tracing`) to the test's output,
+/// shown when a test fails: a VMM that died, a pooled VM that was discarded. Once per process;
+/// `TEST_LOG=debug` (or any `tracing` level) shows more.
+pub fn log_warnings() {
+    let level = std::env::var("TEST_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_test_writer().try_init();
 }

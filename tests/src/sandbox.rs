@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 /// A runtime and the directory holding its config, store and state.
 pub struct TestRuntime {
+    /// The runtime (dropped first: closing its factory removes a work directory in `dir`).
+    pub runtime: Runtime,
     /// The directory (removed on drop).
     pub dir: tempfile::TempDir,
     /// The config file.
     pub config: PathBuf,
-    /// The runtime.
-    pub runtime: Runtime,
     /// Its hypervisor plugin.
     pub hypervisor: Hypervisor,
 }
@@ -106,6 +106,7 @@ impl TestRuntime {
     }
 
     fn open(dir: tempfile::TempDir, config: PathBuf, hv: Hypervisor) -> TestRuntime {
+        crate::log_warnings();
         let runtime = Runtime::from_file(&config).unwrap_or_else(|e| panic!("runtime from {}: {e}", config.display()));
         TestRuntime { dir, config, runtime, hypervisor: hv }
     }

@@ -204,3 +204,110 @@ async fn qemu_plugin_runs_a_vm_through_its_life() {
     assert!(!dir.exists(), "{} is left", dir.display());
     vm2.apply("stop_vm again", |hv, b| hv.stop_vm(b));
 }
+
+/// How QEMU maps `file`: `Some(true)` shared, `Some(false)` private, `None` not at all.
+fn mapping_of(pid: i32, file: &Path) -> Option<bool> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("QEMU's maps");
+    let line = maps.lines().find(|l| l.ends_with(&file.display().to_string()))?;
+    line.split_whitespace().nth(1).map(|perms| perms.ends_with('s'))
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+/// A VM saved as a template (its RAM in a file on a tmpfs, its device state migrated beside
+/// it) is never resumed; its clones map the RAM private, restore the state when they start,
+/// and their agent answers without a kernel boot; what a clone cannot be made from is refused
+/// with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_template_is_cloned_into_vms_whose_agent_answers() {
+    let Some(image) = image_or_skip() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let plugin_config = serde_json::json!({ "run_dir": tmp.path().join("run") }).to_string();
+    let hv = <QemuPlugin as Plugin>::new_hypervisor(plugin_config.as_bytes()).expect("new_hypervisor");
+    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
+    let tdir = shm.path().join("template");
+    std::fs::create_dir(&tdir).expect("template dir");
+    std::fs::set_permissions(&tdir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let mut base = vm_config(&image, tmp.path(), "tpl");
+    base.disks[0].read_only = true; // the clones share it
+    let template_config = HypervisorConfig { memory_file: Some(tdir.join("memory")), ..base.clone() };
+
+    // The template VM: booted, its agent up, paused, saved.
+    let mut t = Vm::create(&hv, "tpl", &template_config);
+    let began = Instant::now();
+    t.apply("start_vm", |hv, b| hv.start_vm(b));
+    let ports = t.serial_endpoints();
+    let agent = connect(&ports[0], Instant::now() + BOOT_TIMEOUT, template_config.console_log.as_ref().unwrap()).await;
+    agent.health().await.expect("health");
+    let cold = began.elapsed();
+    drop(agent);
+    let e = tokio::task::block_in_place(|| hv.save_template(&t.blob, tdir.to_str().unwrap())).unwrap_err();
+    assert!(e.message.contains("only a paused VM"), "a running VM is not saved: {e}");
+    t.apply("pause_vm", |hv, b| hv.pause_vm(b));
+    let e = tokio::task::block_in_place(|| hv.save_template(&t.blob, "relative/dir")).unwrap_err();
+    assert!(e.message.contains("absolute"), "{e}");
+    let saving = Instant::now();
+    let descriptor = tokio::task::block_in_place(|| hv.save_template(&t.blob, tdir.to_str().unwrap())).expect("save_template");
+    eprintln!("template: cold boot to agent {cold:?}, saved in {:?}", saving.elapsed());
+    let d: serde_json::Value = serde_json::from_slice(&descriptor).expect("the descriptor is JSON");
+    assert_eq!(d["schema"], "qemu-template/1");
+    let state_file = PathBuf::from(d["state_file"].as_str().expect("state_file"));
+    assert!(state_file.starts_with(&tdir), "{state_file:?}");
+    for file in [tdir.join("memory"), state_file.clone()] {
+        assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+    }
+    let e = tokio::task::block_in_place(|| hv.resume_vm(&t.blob)).unwrap_err();
+    assert!(e.message.contains("saved as a template"), "a saved template never runs again: {e}");
+    t.apply("stop_vm", |hv, b| hv.stop_vm(b));
+    // A VM without a RAM file is no template.
+    let mut plain = Vm::create(&hv, "plain", &base);
+    let e = tokio::task::block_in_place(|| hv.save_template(&plain.blob, tdir.to_str().unwrap())).unwrap_err();
+    assert!(e.message.contains("no memory_file"), "{e}");
+    plain.apply("stop_vm", |hv, b| hv.stop_vm(b));
+
+    // Two clones at once, each with its own console; their agents answer.
+    let clone_config = |n: u32| HypervisorConfig { console_log: Some(tmp.path().join(format!("clone{n}.log"))), ..base.clone() };
+    let mut clones = Vec::new();
+    for n in 0..2 {
+        let config = clone_config(n);
+        let blob = tokio::task::block_in_place(|| hv.create_from_template(&format!("clone{n}"), &descriptor, &config)).expect("create_from_template");
+        let mut vm = Vm { hv: &hv, blob };
+        assert_eq!(vm.status(), "created");
+        let began = Instant::now();
+        vm.apply("start_vm of a clone", |hv, b| hv.start_vm(b));
+        let (pid, _) = vm.pid();
+        assert_eq!(mapping_of(pid, &tdir.join("memory")), Some(false), "a clone maps the template's RAM private");
+        let agent = connect(&vm.serial_endpoints()[0], Instant::now() + Duration::from_secs(60), config.console_log.as_ref().unwrap()).await;
+        agent.health().await.expect("health of a clone");
+        eprintln!("clone{n}: agent answered {:?} after start_vm (the template's cold boot: {cold:?})", began.elapsed());
+        clones.push((vm, agent));
+    }
+    for (vm, agent) in &clones {
+        agent.health().await.expect("both clones answer");
+        assert_eq!(vm.status(), "running");
+    }
+    // A clone pauses and resumes like any VM.
+    let (mut vm, agent) = clones.pop().expect("a clone");
+    vm.apply("pause_vm", |hv, b| hv.pause_vm(b));
+    vm.apply("resume_vm", |hv, b| hv.resume_vm(b));
+    agent.health().await.expect("health after resume");
+
+    // What a clone cannot be made from.
+    let refused = |config: &HypervisorConfig, descriptor: &[u8]| tokio::task::block_in_place(|| hv.create_from_template("refused", descriptor, config)).unwrap_err();
+    let e = refused(&HypervisorConfig { memory_mib: 1024, ..clone_config(9) }, &descriptor);
+    assert!(e.kind == plugin_api::ErrorKind::INVALID_INPUT && e.message.contains("memory_mib = 512; the clone asks for 1024"), "{e}");
+    let e = refused(&HypervisorConfig { memory_file: Some(tdir.join("other")), ..clone_config(9) }, &descriptor);
+    assert!(e.message.contains("memory_file must be unset"), "{e}");
+    let e = refused(&clone_config(9), b"{\"schema\": \"kvm-template/1\"}");
+    assert!(e.kind == plugin_api::ErrorKind::INVALID_INPUT && e.message.contains("QEMU VM template"), "{e}");
+    std::fs::remove_file(&state_file).expect("rm the state");
+    let e = refused(&clone_config(9), &descriptor);
+    assert!(e.message.contains("device state") && e.message.contains("is gone"), "{e}");
+    assert!(!tmp.path().join("run/refused").exists(), "a refused clone leaves no directory");
+    // The running clones do not need the template's files any more.
+    std::fs::remove_dir_all(&tdir).expect("rm the template");
+    agent.health().await.expect("a clone outlives its template's files");
+}

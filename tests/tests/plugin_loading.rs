@@ -183,11 +183,12 @@ fn the_factory_plugins_load_from_their_libraries() {
     let dir = private_dir();
     install(&workspace_plugin("factory_new_plugin"), dir.path(), "libfactory_new_plugin.so");
     install(&workspace_plugin("factory_cache_plugin"), dir.path(), "libfactory_cache_plugin.so");
+    install(&workspace_plugin("factory_template_plugin"), dir.path(), "libfactory_template_plugin.so");
     let registry = Registry::discover(&[dir.path().to_owned()], false).unwrap();
     assert!(registry.refused().is_empty(), "{:#?}", reasons(&registry));
     let mut names: Vec<_> = registry.plugins().map(|p| (p.name.as_str(), p.kind)).collect();
     names.sort_by_key(|(name, _)| *name);
-    assert_eq!(names, [("cache", PluginKind::VM_FACTORY), ("new", PluginKind::VM_FACTORY)]);
+    assert_eq!(names, [("cache", PluginKind::VM_FACTORY), ("new", PluginKind::VM_FACTORY), ("template", PluginKind::VM_FACTORY)]);
     // Their settings are checked through the library, errors naming the key.
     let err = registry.open_vm_factory("cache", &json!({"size": 0})).map(|_| ()).unwrap_err();
     assert!(error_chain(&err).contains("size = 0: must be 1 to 64"), "{}", error_chain(&err));
@@ -198,6 +199,15 @@ fn the_factory_plugins_load_from_their_libraries() {
     let cache = registry.open_vm_factory("cache", &json!({"size": 2})).unwrap();
     let err = cache.status().unwrap_err();
     assert!(err.message.contains("not initialized"), "{err}");
+    let err = registry.open_vm_factory("template", &json!({"path": "relative"})).map(|_| ()).unwrap_err();
+    assert!(error_chain(&err).contains("path = \"relative\": must be an absolute path"), "{}", error_chain(&err));
+    // destroy may come without init: it removes the template directory the settings name.
+    let path = dir.path().join("template");
+    std::fs::create_dir(&path).unwrap();
+    let template = registry.open_vm_factory("template", &json!({"path": path})).unwrap();
+    assert_eq!(template.status().unwrap().template, None, "no template before init");
+    template.destroy().unwrap();
+    assert!(!path.exists());
 }
 
 #[test]

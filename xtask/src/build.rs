@@ -16,6 +16,7 @@ pub const PLUGIN_PACKAGES: &[&str] = &[
     "hypervisor-kvm-plugin",
     "factory-new-plugin",
     "factory-cache-plugin",
+    "factory-template-plugin",
     "panicky-plugin",
 ];
 

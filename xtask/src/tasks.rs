@@ -145,5 +145,6 @@ pub fn bench(extra: &[String]) -> Result<()> {
     crate::guest::build(&target_dir()?)?;
     run(cargo().args(["bench", "-p", "integration-tests", "--bench", "guest_boot"]))?;
     run(cargo().args(["bench", "-p", "integration-tests", "--bench", "sandbox_lifecycle"]))?;
-    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "factory"]))
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "factory"]))?;
+    run(cargo().args(["bench", "-p", "integration-tests", "--bench", "template"]))
 }

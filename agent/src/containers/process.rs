@@ -54,7 +54,7 @@ impl Process {
     pub fn signal(&self, number: i32, id: &str, exec_id: &str) -> Result<(), ContainerError> {
         let sig = signal(number)?;
         if let Some(status) = self.exited() {
-            return Err(ContainerError::NotFound { what: format!("a live {} (it exited with status {status})", name(id, exec_id)) });
+            return Err(ContainerError::NotFound { what: format!("a running {} (it exited with status {status})", name(id, exec_id).replacen("the ", "", 1)) });
         }
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig)
             .map_err(|e| ContainerError::Io { what: format!("signalling {}", name(id, exec_id)), source: e.into() })

@@ -128,7 +128,9 @@ impl VmFactoryPlugin for CacheFactory {
 
     fn status(&self) -> Result<FactoryStatus, PluginError> {
         let pool = self.pool()?;
-        Ok(FactoryStatus { schema: 1, factory: "cache".into(), size: pool.size, vms: pool.list() })
+        // A cache over a template shows the template too.
+        let template = pool.host().base_status().into_result().ok().and_then(|b| FactoryStatus::decode(&b).ok()).and_then(|s| s.template);
+        Ok(FactoryStatus { schema: 1, factory: "cache".into(), size: pool.size, vms: pool.list(), template })
     }
 
     fn close(&self) -> Result<(), PluginError> {

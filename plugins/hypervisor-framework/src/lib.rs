@@ -13,6 +13,7 @@
 //! - [`config`]: parsing a plugin config and checking the keys every plugin has;
 //! - [`agent`]: the guest agent's channels and the kernel command line that names them;
 //! - [`argv`]: building a VMM's command line;
+//! - [`template`]: what saving a VM as a template and cloning it share;
 //! - [`testing`] (feature `test-util`): fixtures for the plugins' tests;
 //! - here: sandbox ids, the VM's [`Lifecycle`], program lookup and error-chain formatting.
 
@@ -27,6 +28,7 @@ pub mod plugin;
 pub mod process;
 pub mod spec;
 pub mod state;
+pub mod template;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 

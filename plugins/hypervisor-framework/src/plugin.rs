@@ -12,6 +12,7 @@ use crate::ops::{self, inventory, OpError};
 use crate::state::VmState;
 use plugin_api::hypervisor::{HypervisorConfig, HypervisorPlugin};
 use plugin_api::{ErrorKind, PluginError};
+use crate::template::TemplateError;
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,6 +61,23 @@ pub trait VmOps: Sized + Send + Sync + 'static {
     fn vm_status(&self, state: &VmState<Self::Fields>) -> &'static str {
         ops::vm_status(state)
     }
+    /// Saves the paused VM as a template in the private directory `dir`; returns the
+    /// descriptor. The default: this plugin has no templates.
+    fn save_template(&self, state: &VmState<Self::Fields>, dir: &Path) -> Result<Vec<u8>, Self::Error> {
+        let _ = (state, dir);
+        Err(unsupported::<Self>())
+    }
+    /// Creates the VM of `sandbox_id` as a clone of the template `template` describes, with
+    /// `config`'s console log; starts nothing. The default: this plugin has no templates.
+    fn create_from_template(&self, sandbox_id: &str, template: &[u8], config: &HypervisorConfig) -> Result<VmState<Self::Fields>, Self::Error> {
+        let _ = (sandbox_id, template, config);
+        Err(unsupported::<Self>())
+    }
+}
+
+/// The error of a plugin without templates.
+fn unsupported<C: VmOps>() -> C::Error {
+    SharedError::<C>::from(TemplateError::Unsupported { program: <C::Fields as Control>::THE_PROGRAM }).into()
 }
 
 /// A hypervisor instance: the plugin config `C`, nothing else.
@@ -89,6 +107,16 @@ impl<C: VmOps> Hypervisor<C> {
         VmState::decode(blob).map_err(|e| Self::plugin_error(SharedError::<C>::from(e).into()))
     }
 
+    /// Writes the copy of a new VM's state into its directory (without it, `list_vms` could
+    /// not find the VM should the host lose its blob) and encodes the state.
+    fn keep_state_file(&self, state: VmState<C::Fields>) -> Result<Vec<u8>, PluginError> {
+        if let Err(e) = inventory::save_state_file(&state) {
+            let _ = crate::dir::remove(&state.dir);
+            return Err(Self::plugin_error(SharedError::<C>::from(e).into()));
+        }
+        Ok(state.encode())
+    }
+
     /// Decodes `blob`, runs `op` on it, keeps the copy in the VM directory up to date and
     /// encodes the new state.
     fn apply(
@@ -108,16 +136,22 @@ impl<C: VmOps> Hypervisor<C> {
 impl<C: VmOps> HypervisorPlugin for Hypervisor<C> {
     fn create_vm(&self, sandbox_id: &str, config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
         let state = self.config.create_vm(sandbox_id, config).map_err(Self::plugin_error)?;
-        // Without the copy, `list_vms` could not find the VM should the host lose its blob.
-        if let Err(e) = inventory::save_state_file(&state) {
-            let _ = crate::dir::remove(&state.dir);
-            return Err(Self::plugin_error(SharedError::<C>::from(e).into()));
-        }
-        Ok(state.encode())
+        self.keep_state_file(state)
     }
 
     fn start_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {
         self.apply(blob, C::start_vm)
+    }
+
+    fn save_template(&self, blob: &[u8], dir: &str) -> Result<Vec<u8>, PluginError> {
+        let state = Self::decode(blob)?;
+        let dir = crate::template::check_dir(dir).map_err(|e| Self::plugin_error(SharedError::<C>::from(e).into()))?;
+        self.config.save_template(&state, &dir).map_err(Self::plugin_error)
+    }
+
+    fn create_from_template(&self, sandbox_id: &str, template: &[u8], config: &HypervisorConfig) -> Result<Vec<u8>, PluginError> {
+        let state = self.config.create_from_template(sandbox_id, template, config).map_err(Self::plugin_error)?;
+        self.keep_state_file(state)
     }
 
     fn stop_vm(&self, blob: &[u8]) -> Result<Vec<u8>, PluginError> {

@@ -49,6 +49,9 @@ pub struct VmArgs<'a> {
     pub vsock_cid: Option<u32>,
     /// The checked VM config.
     pub spec: &'a VmSpec,
+    /// Whether the VM is a template's clone: its RAM file (`spec.memory_file`, the
+    /// template's) mapped private, copy-on-write, and its state restored (`-incoming defer`).
+    pub clone: bool,
 }
 
 /// QEMU's full argv, the binary first. Paths are absolute and were checked to hold no ','.
@@ -60,20 +63,28 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     argv.push(&["-smp", &s.vcpus.to_string(), "-m", &s.memory_mib.to_string()]);
     if let Some(file) = &s.memory_file {
         // The RAM in a shared file mapping, so the VM can be saved as a template (its state
-        // saved without the RAM, which stays in the file for the clones to map).
-        let backend = format!("memory-backend-file,id=ram,size={}M,mem-path={},share=on", s.memory_mib, file.display());
+        // saved without the RAM, which stays in the file for the clones to map); a clone maps
+        // the template's file private.
+        let share = if a.clone { "off" } else { "on" };
+        let backend = format!("memory-backend-file,id=ram,size={}M,mem-path={},share={share}", s.memory_mib, file.display());
         argv.push(&["-object", &backend, "-machine", "memory-backend=ram"]);
+    }
+    if a.clone {
+        argv.push(&["-incoming", "defer"]);
     }
     argv.path("-kernel", &s.kernel);
     argv.opt_path("-initrd", s.initrd.as_deref());
     let append = hypervisor_framework::agent::kernel_cmdline(a.agent_ports, a.vsock_cid.is_some(), "", &s.kernel_params);
     argv.push(&["-append", &append]);
     argv.push(&["-display", "none", "-nodefaults", "-no-reboot", "-no-user-config", "-monitor", "none"]);
-    let serial = match &s.console_log {
-        Some(log) => format!("file:{}", log.display()),
-        None => "null".into(),
-    };
-    argv.push(&["-serial", &serial]);
+    match &s.console_log {
+        // A clone's console goes after the note its log starts with (see `template`).
+        Some(log) if a.clone => {
+            argv.push(&["-chardev", &format!("file,id=console,path={},append=on", log.display()), "-serial", "chardev:console"]);
+        }
+        Some(log) => argv.push(&["-serial", &format!("file:{}", log.display())]),
+        None => argv.push(&["-serial", "null"]),
+    }
     argv.push(&["-qmp", &format!("unix:{},server=on,wait=off", a.dir.control_socket().display())]);
     argv.push(&["-device", "virtio-serial-pci"]);
     for n in 0..a.agent_ports {
@@ -144,7 +155,7 @@ mod tests {
     fn argv(accel: Accel, network: Network, vsock_cid: Option<u32>, spec: &VmSpec) -> Vec<String> {
         let dir = VmDir::new("/run/q/sb1");
         let qemu = Path::new("/usr/bin/qemu-system-x86_64");
-        build(&VmArgs { qemu, sandbox_id: "sb1", dir: &dir, machine: "pc", accel, agent_ports: 2, network, vsock_cid, spec })
+        build(&VmArgs { qemu, sandbox_id: "sb1", dir: &dir, machine: "pc", accel, agent_ports: 2, network, vsock_cid, spec, clone: false })
     }
 
     /// Whether `pair` appears as two consecutive arguments.
@@ -207,6 +218,14 @@ mod tests {
         assert!(has(&a, ["-object", "memory-backend-file,id=ram,size=512M,mem-path=/dev/shm/t/memory,share=on"]), "{a:?}");
         assert!(has(&a, ["-machine", "memory-backend=ram"]));
         assert!(has(&a, ["-m", "512"]), "-m stays: QEMU checks the backend's size against it");
+        assert!(!a.iter().any(|x| x == "-incoming"));
+        // A template's clone maps the file private and waits for its state.
+        let dir = VmDir::new("/run/q/sb1");
+        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+        let a = build(&VmArgs { qemu, sandbox_id: "sb1", dir: &dir, machine: "pc", accel: Accel::Tcg, agent_ports: 2, network: Network::User, vsock_cid: None, spec: &s, clone: true });
+        assert!(has(&a, ["-object", "memory-backend-file,id=ram,size=512M,mem-path=/dev/shm/t/memory,share=off"]), "{a:?}");
+        assert!(has(&a, ["-incoming", "defer"]));
+        assert!(has(&a, ["-chardev", "file,id=console,path=/logs/console.log,append=on"]) && has(&a, ["-serial", "chardev:console"]));
     }
 
     #[test]

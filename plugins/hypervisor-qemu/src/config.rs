@@ -1,6 +1,6 @@
 //! The plugin's own config (the JSON object the host gives `new_hypervisor`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 pub use hypervisor_framework::config::PluginConfigError;
 use hypervisor_framework::config::ConfigCheck;
@@ -28,7 +28,7 @@ pub enum AccelChoice {
 }
 
 /// The guest's network.
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// QEMU's user networking on a virtio-net NIC: the guest gets `eth0`.

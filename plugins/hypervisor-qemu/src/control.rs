@@ -54,6 +54,14 @@ impl Control for QemuFields {
         }
     }
 
+    /// A template's clone restores the template's device state and runs.
+    fn start_guest(state: &VmState, _timeout: Duration) -> Result<(), QmpError> {
+        match &state.fields.incoming {
+            Some(file) => crate::template::restore(state, file),
+            None => Ok(()),
+        }
+    }
+
     /// QMP `stop`, `cont` or `quit`.
     fn request(state: &VmState, request: RunRequest, timeout: Duration) -> Result<(), QmpError> {
         let command = match request {

@@ -13,6 +13,11 @@
 //!   then `serial:<run_dir>/<id>/agent-<N>.sock` for every port.
 //! - `HypervisorConfig.extra` must be `null` or `{}`: this plugin has no per-VM settings.
 //!
+//! - Templates ([`template`]): a VM created with a `memory_file` can be saved, paused, as a
+//!   template (`qemu-template/1` descriptor: the device state migrated with `x-ignore-shared`
+//!   beside the RAM file); clones map the RAM file copy-on-write and restore the state when
+//!   they start.
+//!
 //! Creating a VM is in [`vm`]; starting, stopping, pausing, resuming and the status are
 //! [`hypervisor_framework::ops`], over this plugin's hooks in [`control`]. QEMU's command line is in
 //! [`argv`]; the QMP client in [`qmp`].
@@ -24,6 +29,7 @@ pub mod control;
 pub mod qmp;
 pub mod spec;
 pub mod state;
+pub mod template;
 pub mod vm;
 #[cfg(test)]
 mod vm_tests;
@@ -92,6 +98,14 @@ impl VmOps for QemuConfig {
 
     fn agent_endpoint(&self, state: &VmState) -> Result<Vec<AgentEndpoint>, QemuError> {
         vm::agent_endpoint(state)
+    }
+
+    fn save_template(&self, state: &VmState, dir: &std::path::Path) -> Result<Vec<u8>, QemuError> {
+        template::save_template(state, dir)
+    }
+
+    fn create_from_template(&self, sandbox_id: &str, template: &[u8], config: &HypervisorConfig) -> Result<VmState, QemuError> {
+        template::create_from_template(self, sandbox_id, template, config)
     }
 }
 

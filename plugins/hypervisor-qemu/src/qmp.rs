@@ -73,6 +73,14 @@ pub enum QmpError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A migration (saving or restoring a template's device state) failed or did not finish.
+    #[error("QEMU could not {what}: {why}")]
+    Migration {
+        /// `save the device state`, `restore the device state`.
+        what: &'static str,
+        /// Its status and error, or the time it ran out after.
+        why: String,
+    },
     /// QEMU answered with an error.
     #[error("QMP {command} failed: {class}: {desc}")]
     Command {

@@ -13,6 +13,9 @@
 
 use crate::accel::Accel;
 use crate::argv::QemuLayout;
+use crate::config::Network;
+use plugin_api::hypervisor::HypervisorConfig;
+use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use hypervisor_framework::blob::Schema;
 use hypervisor_framework::state::VmFields;
@@ -25,6 +28,19 @@ pub const SCHEMA: Schema = Schema { what: "QEMU VM state", prefix: "qemu-vm/", v
 /// The state blob: the shared envelope around [`QemuFields`].
 pub type VmState = hypervisor_framework::state::VmState<QemuFields>;
 
+/// What the state blob of a VM that can be saved as a template keeps (the VM was created with
+/// a `memory_file`): what its clones' command lines are built from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSource {
+    /// The config it was created from, its `memory_file` absolute.
+    pub config: HypervisorConfig,
+    /// The machine type.
+    pub machine: String,
+    /// The network.
+    pub network: Network,
+}
+
 /// What this plugin adds to the state blob.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct QemuFields {
@@ -34,6 +50,12 @@ pub struct QemuFields {
     pub agent_ports: u32,
     /// The vsock CID, when the VM has a vsock device.
     pub vsock_cid: Option<u32>,
+    /// For a VM created with a `memory_file`: what a template saved from it is made of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Box<TemplateSource>>,
+    /// For a template's clone: the device state it restores when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<PathBuf>,
 }
 
 impl VmFields for QemuFields {
@@ -71,7 +93,7 @@ mod tests {
             sandbox_id: "sb1".into(),
             dir: "/run/q/sb1".into(),
             argv: vec!["/usr/bin/qemu-system-x86_64".into(), "-name".into(), "sandbox-sb1".into()],
-            fields: QemuFields { accel: Accel::Tcg, agent_ports: 4, vsock_cid: None },
+            fields: QemuFields { accel: Accel::Tcg, agent_ports: 4, vsock_cid: None, template: None, incoming: None },
             lifecycle: Lifecycle::Running,
             pid: Some(4242),
             start_time: Some(99),

@@ -7,7 +7,7 @@ use crate::argv::{self, VmArgs, AGENT_VSOCK_PORT};
 use crate::config::QemuConfig;
 use crate::qmp::QmpError;
 use crate::spec;
-use crate::state::{Lifecycle, QemuFields, VmState};
+use crate::state::{Lifecycle, QemuFields, TemplateSource, VmState};
 use plugin_api::endpoint::AgentEndpoint;
 use plugin_api::hypervisor::HypervisorConfig;
 use std::path::Path;
@@ -48,10 +48,16 @@ pub fn create_vm(config: &QemuConfig, sandbox_id: &str, hv: &HypervisorConfig) -
         network: config.network,
         vsock_cid,
         spec: &spec,
+        clone: false,
     };
     let argv = argv::build(&args);
     debug!(sandbox_id, ?argv, "QEMU command line");
-    Ok(VmState::created(sandbox_id, dir.path().to_owned(), argv, QemuFields { accel, agent_ports: config.agent_ports, vsock_cid }))
+    let template = spec.memory_file.as_ref().map(|file| {
+        let made_from = HypervisorConfig { memory_file: Some(file.clone()), ..hv.clone() };
+        Box::new(TemplateSource { config: made_from, machine: config.machine.clone(), network: config.network })
+    });
+    let fields = QemuFields { accel, agent_ports: config.agent_ports, vsock_cid, template, incoming: None };
+    Ok(VmState::created(sandbox_id, dir.path().to_owned(), argv, fields))
 }
 
 /// The agent's addresses, best first.

@@ -144,7 +144,7 @@ impl Setup {
     /// A created-state blob for a VM directory that already exists (as a host would hold).
     fn create_blob_for_existing(&self, id: &str) -> Vec<u8> {
         let dir: &Path = &self.dir(id);
-        let fields = QemuFields { accel: crate::accel::Accel::Tcg, agent_ports: 1, vsock_cid: None };
+        let fields = QemuFields { accel: crate::accel::Accel::Tcg, agent_ports: 1, vsock_cid: None, template: None, incoming: None };
         let state = VmState::created(id, dir.to_owned(), vec!["/bin/false".into()], fields);
         state.encode()
     }

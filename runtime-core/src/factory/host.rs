@@ -119,4 +119,12 @@ impl FactoryHost for Host {
     fn wait_agent(&self, vm: RSlice<'_, u8>, console_log: RStr<'_>, timeout_ms: u64) -> RResult<(), PluginError> {
         self.wait(&vm, console_log.as_str(), Duration::from_millis(timeout_ms)).into()
     }
+
+    fn hypervisor_plugin(&self) -> RString {
+        self.pool_hypervisor.plugin().into()
+    }
+
+    fn base_status(&self) -> RResult<RVec<u8>, PluginError> {
+        self.base.status().map(|s| s.encode().into()).into()
+    }
 }

@@ -81,12 +81,14 @@ pub fn vm_config(section: &HypervisorSection, vcpus: Option<u32>, memory_mib: Op
 pub(crate) struct Factory {
     plugin: String,
     mode: Mode,
+    /// Set once closed or destroyed, so dropping it does not close it again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 enum Mode {
     /// The factory runs in this process; `_runtime` is its host's (none for the built-in `new`
     /// of a config without `[factory]`, which has no host).
-    Local { handle: Arc<VmFactoryHandle>, _runtime: Option<Arc<HostRuntime>>, _work_dir: workdir::WorkDir },
+    Local { handle: Arc<VmFactoryHandle>, base: Option<Arc<VmFactoryHandle>>, _runtime: Option<Arc<HostRuntime>>, _work_dir: workdir::WorkDir },
     /// The factory server holds it; `fallback` (the built-in `new`) serves when it is down.
     Remote { remote: Remote, fallback: VmFactoryHandle, runtime: HostRuntime },
 }
@@ -105,10 +107,10 @@ impl Factory {
     /// client of the factory server with `[factory] server`, else the factory itself.
     pub fn open(config: &RuntimeConfig, registry: &Registry, hypervisor: &Arc<HypervisorHandle>) -> Result<Factory, FactoryError> {
         match &config.factory {
-            Some(FactorySection { plugin, server: Some(socket), .. }) => Ok(Factory {
-                plugin: plugin.clone(),
-                mode: Mode::Remote { remote: Remote::new(socket), fallback: builtin_new(), runtime: HostRuntime::new() },
-            }),
+            Some(FactorySection { plugin, server: Some(socket), .. }) => Ok(Factory::new(
+                plugin.clone(),
+                Mode::Remote { remote: Remote::new(socket), fallback: builtin_new(), runtime: HostRuntime::new() },
+            )),
             _ => Factory::open_local(config, registry, hypervisor),
         }
     }
@@ -120,8 +122,8 @@ impl Factory {
             (Some(f), Some(h)) => (f.clone(), h),
             _ => {
                 let handle = Arc::new(builtin_new());
-                let mode = Mode::Local { handle, _runtime: None, _work_dir: workdir::WorkDir::none() };
-                return Ok(Factory { plugin: "new".into(), mode });
+                let mode = Mode::Local { handle, base: None, _runtime: None, _work_dir: workdir::WorkDir::none() };
+                return Ok(Factory::new("new".into(), mode));
             }
         };
         let plugin = open_factory(registry, &section.plugin, &section.settings_json()).map_err(|e| open_error(config, e))?;
@@ -151,10 +153,26 @@ impl Factory {
         };
         let init = |handle: &VmFactoryHandle, host| handle.init(host).map_err(|source| FactoryError::Init { plugin: handle.plugin().to_owned(), source });
         init(&base, host(Arc::new(builtin_new())))?;
-        init(&plugin, host(base))?;
+        init(&plugin, host(base.clone()))?;
         tracing::info!(factory = %section.plugin, base = %section.base(), "VM factory started");
-        let mode = Mode::Local { handle: Arc::new(plugin), _runtime: Some(runtime), _work_dir: work_dir };
-        Ok(Factory { plugin: section.plugin.clone(), mode })
+        let mode = Mode::Local { handle: Arc::new(plugin), base: Some(base), _runtime: Some(runtime), _work_dir: work_dir };
+        Ok(Factory::new(section.plugin.clone(), mode))
+    }
+
+    fn new(plugin: String, mode: Mode) -> Factory {
+        Factory { plugin, mode, closed: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Closes the factory in this process and removes what it and its base keep beyond it (a
+    /// template): `sandboxctl factory destroy`. A client of a factory server does nothing.
+    pub fn destroy(&self) -> Result<(), PluginError> {
+        let Mode::Local { handle, base, .. } = &self.mode else { return Ok(()) };
+        if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mine = handle.destroy();
+        let base = base.as_ref().map_or(Ok(()), |b| b.destroy());
+        mine.and(base)
     }
 
     /// The factory plugin's name.
@@ -202,9 +220,16 @@ impl Factory {
 
 impl Drop for Factory {
     fn drop(&mut self) {
-        if let Mode::Local { handle, .. } = &self.mode {
+        if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if let Mode::Local { handle, base, .. } = &self.mode {
+            // The wrapping factory first: its background work may still ask the base.
             if let Err(e) = handle.close() {
                 tracing::error!(factory = %self.plugin, "closing the VM factory failed: {e}");
+            }
+            if let Some(Err(e)) = base.as_ref().map(|b| b.close()) {
+                tracing::error!(factory = %self.plugin, "closing the base VM factory failed: {e}");
             }
         }
     }
@@ -250,6 +275,18 @@ pub fn with_started<R>(
     let factory = Factory::start(config, registry, hypervisor, hv_section, &section, plugin)?;
     let handle = factory.local().expect("a started factory runs here");
     Ok(kit(handle))
+}
+
+/// Removes what the `[factory]` of `config` and its base keep beyond any process (a
+/// template), without starting them: what `sandboxctl factory destroy` does when no factory
+/// server answers. A config without `[factory]` has nothing to remove.
+pub fn destroy_unstarted(config: &RuntimeConfig, registry: &Registry) -> Result<(), FactoryError> {
+    let Some(section) = &config.factory else { return Ok(()) };
+    for (name, settings) in [(section.plugin.as_str(), section.settings_json()), (section.base(), section.base_settings_json())] {
+        let handle = open_factory(registry, name, &settings).map_err(|e| open_error(config, e))?;
+        handle.destroy().map_err(|source| FactoryError::Init { plugin: name.to_owned(), source })?;
+    }
+    Ok(())
 }
 
 /// Stops the VMs that factories of dead processes left under `config`'s state directory and

@@ -111,9 +111,10 @@ impl Remote {
         Ok(ServerStatus { status, pid: reply.pid, config: reply.config })
     }
 
-    /// Asks the server to close its factory and end.
-    pub async fn shutdown(&self) -> Result<(), RemoteError> {
-        self.client().await?.shutdown(ShutdownRequest { version: VERSION }).await.map_err(self.call_error("shut down"))?;
+    /// Asks the server to close its factory and end; with `destroy`, also to remove what the
+    /// factory keeps beyond it (a template).
+    pub async fn shutdown(&self, destroy: bool) -> Result<(), RemoteError> {
+        self.client().await?.shutdown(ShutdownRequest { version: VERSION, destroy }).await.map_err(self.call_error("shut down"))?;
         Ok(())
     }
 }

@@ -154,7 +154,8 @@ pub async fn serve(config: RuntimeConfig, ready: impl FnOnce(&Path)) -> Result<(
     tracing::info!(socket = %socket.display(), factory = %factory.0.plugin(), "VM factory server listening");
     ready(&socket);
     let shutdown = Arc::new(Notify::new());
-    let service = Service { factory: factory.0.clone(), hypervisor, shutdown: shutdown.clone(), config: config_file };
+    let destroy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = Service { factory: factory.0.clone(), hypervisor, shutdown: shutdown.clone(), destroy: destroy.clone(), config: config_file };
     let stop = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -171,6 +172,12 @@ pub async fn serve(config: RuntimeConfig, ready: impl FnOnce(&Path)) -> Result<(
     // Closing stops the pool's VMs: off the async threads.
     let (f, ctx) = factory;
     let _ = tokio::task::spawn_blocking(move || {
+        if destroy.load(std::sync::atomic::Ordering::SeqCst) {
+            match f.destroy() {
+                Ok(()) => tracing::info!("destroyed the VM factory"),
+                Err(e) => tracing::error!("destroying the VM factory: {e}"),
+            }
+        }
         drop(f);
         drop(ctx);
     })
@@ -183,6 +190,8 @@ struct Service {
     factory: Arc<Factory>,
     hypervisor: Arc<HypervisorHandle>,
     shutdown: Arc<Notify>,
+    /// Whether the Shutdown call asked for the factory to be destroyed.
+    destroy: Arc<std::sync::atomic::AtomicBool>,
     config: String,
 }
 
@@ -224,7 +233,11 @@ impl FactoryService for Service {
     }
 
     async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {
-        check_version(request.into_inner().version)?;
+        let request = request.into_inner();
+        check_version(request.version)?;
+        if request.destroy {
+            self.destroy.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.shutdown.notify_one();
         Ok(Response::new(ShutdownReply {}))
     }

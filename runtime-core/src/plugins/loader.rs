@@ -157,21 +157,23 @@ fn load_new(path: &Path) -> Result<PluginModuleRef, LoadError> {
     Ok(module)
 }
 
-/// Checks the library's layout and returns its root module. A plugin built against 1.0 or
-/// 1.1 is checked against that version's frozen layouts ([`plugin_api::v1_0`],
-/// [`plugin_api::v1_1`]), which the current ones extend; every other 1.x against the current
-/// ones.
+/// Checks the library's layout and returns its root module. A plugin built against 1.0, 1.1
+/// or 1.2 is checked against that version's frozen layouts ([`plugin_api::v1_0`],
+/// [`plugin_api::v1_1`], [`plugin_api::v1_2`]), which the current ones extend; every other 1.x
+/// against the current ones.
 fn init_root_module(header: &LibHeader, plugin_api: &str) -> Result<PluginModuleRef, LibraryError> {
     if plugin_api.starts_with("1.0.") {
         header.ensure_layout::<plugin_api::v1_0::PluginModuleRef>()?;
     } else if plugin_api.starts_with("1.1.") {
         header.ensure_layout::<plugin_api::v1_1::PluginModuleRef>()?;
+    } else if plugin_api.starts_with("1.2.") {
+        header.ensure_layout::<plugin_api::v1_2::PluginModuleRef>()?;
     } else {
         return header.init_root_module::<PluginModuleRef>();
     }
     // SAFETY: the library's root module has the layout of its 1.x (just checked), of which the
-    // current layout is an append-only extension (checked by plugin-api's v1_0 and v1_1
-    // tests); fields the library lacks are reported missing by the prefix metadata at run time.
+    // current layout is an append-only extension (checked by plugin-api's v1_0, v1_1 and
+    // v1_2 tests); fields the library lacks are reported missing by the prefix metadata at run time.
     unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
 }
 

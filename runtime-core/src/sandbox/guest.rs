@@ -39,6 +39,22 @@ pub(crate) async fn set_time(sandbox: &str, agent: &AgentClient) -> Result<(), S
     Ok(())
 }
 
+/// How many bytes of the host's randomness a guest's RNG is reseeded with.
+const SEED_BYTES: usize = 64;
+
+/// Mixes fresh randomness from the host into the guest's RNG: a VM cloned from a template
+/// resumes the template's RNG state, as every sibling does, and a pooled VM's was seeded
+/// long before it serves a sandbox.
+pub(crate) async fn reseed(sandbox: &str, agent: &AgentClient) -> Result<(), SandboxError> {
+    use std::io::Read;
+    let mut data = vec![0u8; SEED_BYTES];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .map_err(|source| SandboxError::Io { what: format!("reading the host's /dev/urandom to reseed the guest of sandbox {sandbox}"), source })?;
+    agent.raw().reseed_random(pb::ReseedRandomRequest { data }).await.map_err(call_error(sandbox, "ReseedRandom"))?;
+    Ok(())
+}
+
 /// Creates container `c` (not started) in the guest; its rootfs is one of the record's disks.
 pub(crate) async fn create_container(
     sandbox: &str,

@@ -101,7 +101,10 @@ async fn boot(sb: &Sandbox, record: &mut SandboxRecord) -> Result<(), SandboxErr
         }
     };
     tracing::info!(sandbox = %sb.id, boot = record.vm.boot, "agent ready");
+    // The VM may be a template's clone (the template's clock and RNG state) or have waited
+    // in a pool: its clock is set and its RNG reseeded before anything runs in it.
     guest::set_time(&sb.id, &agent).await?;
+    guest::reseed(&sb.id, &agent).await?;
     record.containers.clear();
     for c in record.config.containers.clone() {
         guest::create_container(&sb.id, &agent, record, &c).await?;

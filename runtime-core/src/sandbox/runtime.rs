@@ -119,6 +119,13 @@ impl Runtime {
         blocking(move || crate::factory::reap_dead(&ctx.config, ctx.registry(), &hv)).await
     }
 
+    /// Removes what the configured VM factory keeps beyond any process (a template) without
+    /// starting it, as `sandboxctl factory destroy` does when no factory server answers.
+    pub async fn destroy_factory_files(&self) -> Result<(), SandboxError> {
+        let ctx = self.inner.clone();
+        blocking(move || crate::factory::destroy_unstarted(&ctx.config, ctx.registry()).map_err(SandboxError::from)).await?
+    }
+
     /// StatusSandbox: the detailed status of one sandbox, its containers' states refreshed from
     /// the agent when the VM runs.
     pub async fn status_sandbox(&self, id: &str) -> Result<SandboxStatus, SandboxError> {

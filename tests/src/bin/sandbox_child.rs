@@ -14,6 +14,7 @@ async fn main() {
         eprintln!("usage: sandbox_child CONFIG create SANDBOX_JSON | CONFIG exec SANDBOX_ID");
         std::process::exit(2);
     };
+    integration_tests::log_warnings();
     let runtime = Runtime::from_file(config.as_ref()).expect("runtime");
     match role.as_str() {
         "create" => {

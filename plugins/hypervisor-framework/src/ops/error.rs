@@ -4,6 +4,7 @@ use crate::dir::DirError;
 use crate::process::ProcessError;
 use crate::spec::SpecError;
 use crate::state::{StateError, VmState};
+use crate::template::TemplateError;
 use crate::SandboxIdError;
 use plugin_api::ErrorKind;
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ pub enum OpError<E> {
         #[source]
         source: E,
     },
+    /// Saving a template or cloning one failed.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     /// Stopping the VMM failed (a signal was refused, or it survived SIGKILL).
     #[error("VM {sandbox_id}: stopping {program}")]
     Process {
@@ -96,6 +100,7 @@ impl<E> OpError<E> {
             OpError::Dir(_) | OpError::Process { source: ProcessError::Signal { .. }, .. } => ErrorKind::IO,
             OpError::AlreadyRunning { .. } => ErrorKind::BUSY,
             OpError::Control { source, .. } => control(source),
+            OpError::Template(e) => e.kind(),
             OpError::StartFailed { .. } | OpError::Process { .. } => ErrorKind::OTHER,
         }
     }

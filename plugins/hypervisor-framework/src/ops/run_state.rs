@@ -32,8 +32,11 @@ pub fn pause_vm<F: Control>(state: &VmState<F>) -> Result<VmState<F>, OpError<F:
     run_state_change(state, (Lifecycle::Running, Lifecycle::Paused), RunRequest::Pause, "pause (it is not running)")
 }
 
-/// Resumes a paused VM.
+/// Resumes a paused VM; one saved as a template never runs again.
 pub fn resume_vm<F: Control>(state: &VmState<F>) -> Result<VmState<F>, OpError<F::Error>> {
+    if crate::template::is_saved(state.vm_dir().path()) {
+        return Err(crate::template::TemplateError::Saved { sandbox_id: state.sandbox_id.clone() }.into());
+    }
     run_state_change(state, (Lifecycle::Paused, Lifecycle::Running), RunRequest::Resume, "resume (it is not paused)")
 }
 
