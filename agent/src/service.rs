@@ -196,7 +196,9 @@ impl Agent for AgentService {
     }
 
     async fn reseed_random(&self, request: Request<pb::ReseedRandomRequest>) -> Result<Response<pb::Empty>, Status> {
-        guest::reseed_random(&request.into_inner().data).map_err(|e| Status::invalid_argument(crate::error_chain(&e)))?;
+        let data = request.into_inner().data;
+        guest::reseed_random(&data).map_err(|e| Status::invalid_argument(crate::error_chain(&e)))?;
+        tracing::info!(bytes = data.len(), "reseeded the RNG from the host (RNDADDENTROPY, RNDRESEEDCRNG)");
         ok(pb::Empty {})
     }
 }

@@ -31,9 +31,6 @@ pub enum KvmError {
         /// The disks among them.
         disks: usize,
     },
-    /// Guest RAM backed by a file was asked for; the vmm's RAM is a memfd of its own.
-    #[error("HypervisorConfig.memory_file = {0:?}: the vmm cannot back guest RAM by a file yet (VM templates on our vmm are not built)")]
-    MemoryFileUnsupported(PathBuf),
     /// The vmm binary is not there.
     #[error("the vmm binary was not found (looked at {}): build it (cargo build -p vmm) or set \"vmm\" in the kvm plugin config", looked_at(.0))]
     VmmMissing(Vec<PathBuf>),

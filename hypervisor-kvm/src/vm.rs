@@ -65,6 +65,7 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     ]);
     let console = s.console_log.as_deref().unwrap_or(Path::new("/dev/null"));
     argv.path("--console-log", console);
+    argv.opt_path("--memory-file", s.memory_file.as_deref());
     argv.path("--api-socket", &a.dir.control_socket());
     argv.push(&["--paused"]);
     for d in &s.disks {
@@ -115,9 +116,6 @@ pub fn create_vm(
     hv: &HypervisorConfig,
 ) -> Result<VmState, KvmError> {
     let spec = ops::check_request::<KvmFields>(sandbox_id, hv, &LIMITS)?;
-    if let Some(file) = &spec.memory_file {
-        return Err(KvmError::MemoryFileUnsupported(file.clone()));
-    }
     check_kernel_format(&spec.kernel)?;
     let devices = spec.disks.len()
         + 1

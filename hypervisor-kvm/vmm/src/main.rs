@@ -26,6 +26,10 @@ struct Args {
     /// Guest RAM in MiB (32..=3072).
     #[arg(long, default_value_t = 256)]
     memory_mib: u64,
+    /// Back guest RAM by this file, mapped shared (created with mode 0600, or truncated to the
+    /// RAM's size): the RAM of a VM that a template will be saved from. Default: a memfd.
+    #[arg(long)]
+    memory_file: Option<PathBuf>,
     /// Number of vCPUs (1..=32).
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         initrd: args.initrd,
         cmdline: args.cmdline,
         memory_mib: args.memory_mib,
+        memory_file: args.memory_file,
         vcpus: args.vcpus,
         console_log,
         api_socket: args.api_socket,

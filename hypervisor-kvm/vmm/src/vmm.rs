@@ -43,6 +43,9 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
+    /// A file to hold guest RAM, mapped shared (a VM a template will be saved from); `None`:
+    /// a memfd.
+    pub memory_file: Option<PathBuf>,
     /// Number of vCPUs (1 to [`MAX_VCPUS`]).
     pub vcpus: u8,
     /// Where the serial console output goes.
@@ -112,7 +115,11 @@ pub fn run(
     }
     let log = File::create(&config.console_log)
         .map_err(|e| VmmError::ConsoleLog(config.console_log.display().to_string(), e))?;
-    let mem = memory::create_guest_memory(config.memory_mib)?;
+    let backing = match &config.memory_file {
+        Some(path) => memory::Backing::SharedFile(path),
+        None => memory::Backing::Memfd,
+    };
+    let mem = memory::create_guest_memory_backed(config.memory_mib, backing)?;
     let vm = vm::Vm::new(&mem)?;
     let (slots, infos) = attach_devices(&vm, &mem, devices)?;
     let rsdp = acpi::write(&mem, config.vcpus, &infos)?;

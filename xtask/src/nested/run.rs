@@ -82,7 +82,12 @@ fn spawn(image: &L1Image) -> Result<Child> {
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // kvm.nx_huge_pages=off: L1's KVM would otherwise run its NX huge page recovery
+        // thread, which twice held both L1 CPUs in a soft lockup for minutes (one CPU in
+        // `kvm-nx-lpage-re`, the other waiting on it) under QEMU/TCG's emulated SVM, with an
+        // L2 guest running (.ci/run, 2026-12-07 17:10); the iTLB multihit mitigation it
+        // serves means nothing in a test VM.
+        .args(["-append", "console=ttyS0 panic=-1 quiet kvm.nx_huge_pages=off"])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot", "-nodefaults"])
         .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
         .stdin(Stdio::null())

@@ -1,10 +1,16 @@
-//! Guest RAM: one memfd-backed region starting at guest physical address 0.
+//! Guest RAM: one region starting at guest physical address 0, backed by a memfd (the
+//! default), by a file mapped shared (a VM that a template will be saved from: its RAM is the
+//! file), or by a file mapped private (a template's clone: copy-on-write over the template's
+//! RAM, which it opens read-only and never changes).
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::FromRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use vmm_api::limits::{MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 
@@ -28,6 +34,47 @@ pub enum MemoryError {
     /// Mapping the memfd failed.
     #[error("mapping guest memory failed")]
     Mmap(#[source] vm_memory::mmap::FromRangesError),
+    /// The RAM file could not be opened or sized.
+    #[error("guest RAM file {path:?}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file to map private is not the size of the RAM.
+    #[error("guest RAM file {path:?} is {len} bytes, the RAM {expected}")]
+    FileSize {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+        /// The RAM's.
+        expected: u64,
+    },
+    /// Mapping the file failed.
+    #[error("mapping guest RAM file {path:?}")]
+    MapFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+}
+
+/// What backs guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing<'a> {
+    /// An anonymous memfd.
+    Memfd,
+    /// A file created (mode 0600) or truncated to the RAM's size and mapped shared: the guest's
+    /// writes reach it (a VM to be saved as a template).
+    SharedFile(&'a Path),
+    /// An existing file of exactly the RAM's size, opened read-only and mapped private: the
+    /// guest sees its content and its writes stay in this process (a template's clone).
+    PrivateFile(&'a Path),
 }
 
 /// Validates a size in MiB and returns it in bytes.
@@ -63,6 +110,39 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
         Some(FileOffset::new(file, 0)),
     )])
     .map_err(MemoryError::Mmap)?;
+    advise_huge_pages(&mem);
+    Ok(mem)
+}
+
+/// Creates `mib` MiB of guest RAM at GPA 0, backed as `backing` says.
+pub fn create_guest_memory_backed(mib: u64, backing: Backing<'_>) -> Result<GuestMemoryMmap, MemoryError> {
+    let path = match backing {
+        Backing::Memfd => return create_guest_memory(mib),
+        Backing::SharedFile(p) | Backing::PrivateFile(p) => p,
+    };
+    let size = memory_bytes(mib)?;
+    let len = usize::try_from(size).map_err(|_| MemoryError::BadSize(mib))?;
+    let file_error = |source| MemoryError::File { path: path.to_owned(), source };
+    let (file, flags) = if let Backing::SharedFile(_) = backing {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(file_error)?;
+        file.set_len(size).map_err(file_error)?;
+        (file, libc::MAP_SHARED | libc::MAP_NORESERVE)
+    } else {
+        let file = File::open(path).map_err(file_error)?;
+        let actual = file.metadata().map_err(file_error)?.len();
+        if actual != size {
+            return Err(MemoryError::FileSize { path: path.to_owned(), len: actual, expected: size });
+        }
+        (file, libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+    };
+    let region = MmapRegionBuilder::new(len)
+        .with_file_offset(FileOffset::new(file, 0))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(flags)
+        .build()
+        .map_err(|source| MemoryError::MapFile { path: path.to_owned(), source })?;
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::BadSize(mib))?;
+    let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|_| MemoryError::BadSize(mib))?;
     advise_huge_pages(&mem);
     Ok(mem)
 }
@@ -112,5 +192,30 @@ mod tests {
             0xdead_beef
         );
         assert!(mem.write_obj(1u8, GuestAddress(32 << 20)).is_err());
+    }
+
+    #[test]
+    fn a_shared_file_is_the_ram_and_a_private_one_is_copied_on_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("memory");
+        let mem = create_guest_memory_backed(32, Backing::SharedFile(&path)).unwrap();
+        mem.write_obj(0xfeed_u32, GuestAddress(0x2000)).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.len(), meta.permissions().mode() & 0o777), (32 << 20, 0o600));
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[0x2000..0x2004], &0xfeed_u32.to_ne_bytes(), "the guest's write reached the file");
+        drop(mem);
+        // A clone sees the file and keeps its own writes.
+        let clone = create_guest_memory_backed(32, Backing::PrivateFile(&path)).unwrap();
+        assert_eq!(clone.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0xfeed);
+        clone.write_obj(0x1234_u32, GuestAddress(0x2000)).unwrap();
+        assert_eq!(clone.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0x1234);
+        assert_eq!(&std::fs::read(&path).unwrap()[0x2000..0x2004], &0xfeed_u32.to_ne_bytes(), "the file is unchanged");
+        // A file of another size is refused, naming both sizes.
+        let e = create_guest_memory_backed(64, Backing::PrivateFile(&path)).unwrap_err();
+        assert!(e.to_string().contains("is 33554432 bytes, the RAM 67108864"), "{e}");
+        let e = create_guest_memory_backed(32, Backing::PrivateFile(&tmp.path().join("gone"))).unwrap_err();
+        assert!(matches!(e, MemoryError::File { .. }), "{e}");
     }
 }
