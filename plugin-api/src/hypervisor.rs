@@ -326,6 +326,10 @@ pub trait HypervisorPlugin: Send + Sync + 'static {
     ///   the plugin writes its files there (mode 0600) and names them in the descriptor.
     /// - The descriptor holds everything a clone needs, including the config the VM was made
     ///   from, so a clone does not depend on the plugin config of the instance that saved it.
+    /// - The guest is saved as it is: a host connection to its agent that closed just before
+    ///   the pause may not have been seen by the agent yet, and every clone would resume in
+    ///   that old session. So the caller lets the agent settle after its last host connection
+    ///   closed before it pauses the VM (the `template` factory waits 2 s, as Kata 1.x did).
     /// - Afterwards the VM stays paused, must never run again (its RAM file is now the
     ///   template's: the clones would see its writes), and is the caller's to stop; a plugin
     ///   refuses to resume it (`INVALID_INPUT`).
