@@ -119,7 +119,7 @@ pub type FactoryHostBox = FactoryHost_TO<'static, RArc<()>>;
 pub struct FactoryStatus {
     /// Schema version of this payload.
     pub schema: u32,
-    /// The factory plugin's kind of work (`new`, `cache`).
+    /// The factory plugin's kind of work (`new`, `cache`, `template`).
     pub factory: String,
     /// How many VMs it keeps ready (0 for a factory without a pool).
     pub size: u32,
