@@ -193,8 +193,7 @@ fn a_template_made_by_factory_init_is_cloned_and_destroyed() {
     );
     std::fs::write(&config, factory).expect("config");
     ok(&config, &["factory", "init"]);
-    use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    use integration_tests::mode_of as mode;
     assert_eq!(mode(&template), 0o700);
     for f in std::fs::read_dir(&template).expect("the template's files") {
         let f = f.expect("entry").path();

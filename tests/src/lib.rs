@@ -113,6 +113,12 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The permission bits of `path` (`0o600`), which must exist.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
 /// Sends the runtime's and the plugins' warnings and errors (`tracing`) to the test's output,
 /// shown when a test fails: a VMM that died, a pooled VM that was discarded. Once per process;
 /// `TEST_LOG=debug` (or any `tracing` level) shows more.

@@ -7,6 +7,7 @@
 //! containers, a second runtime loads the template, a template made for another VM is refused,
 //! and a cache over a template pools clones.
 
+use integration_tests::mode_of;
 use integration_tests::qemu::GuestImage;
 use integration_tests::sandbox::{container, read_until, sandbox, Hypervisor, TestRuntime};
 use runtime_core::sandbox::{Runtime, SandboxState};
@@ -322,11 +323,6 @@ async fn clones_are_distinct_and_a_broken_template_falls_back(hv: Hypervisor) {
 /// `[factory]` for a template in `path`, the image's rootfs as disk `rootfs`.
 fn template(image: &GuestImage, path: &std::path::Path) -> String {
     format!("[factory]\nplugin = \"template\"\npath = {path:?}\ndisks = [{{ name = \"rootfs\", path = {:?} }}]\n", image.rootfs)
-}
-
-fn mode_of(path: &std::path::Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
 
 /// Whether a VM's command line is a template's clone's: the template's RAM mapped private, its

@@ -4,6 +4,7 @@
 //! `stop_vm` leaves no process and no VM directory.
 
 use hypervisor_qemu::QemuPlugin;
+use integration_tests::mode_of;
 use integration_tests::qemu::{image_or_skip, GuestImage};
 use plugin_api::hypervisor::{DiskConfig, HypervisorConfig, HypervisorPlugin};
 use plugin_api::{Plugin, PluginError};
@@ -191,9 +192,7 @@ async fn qemu_plugin_runs_a_vm_through_its_life() {
     assert_eq!(vm2.status(), "running");
     let (pid, start_time) = vm2.pid();
     let dir = vm2.dir();
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("QEMU's maps");
-    let mapped = maps.lines().find(|l| l.ends_with(&memory.display().to_string())).expect("QEMU maps the memory file");
-    assert_eq!(mapped.split_whitespace().nth(1).map(|p| p.ends_with('s')), Some(true), "mapped shared: {mapped}");
+    assert_eq!(mapping_of(pid, &memory), Some(true), "QEMU maps the memory file shared");
     assert_eq!(std::fs::metadata(&memory).expect("memory file").len(), 512 << 20);
     assert!(hypervisor_qemu::process::is_alive(pid, start_time));
     let stopping = Instant::now();
@@ -210,11 +209,6 @@ fn mapping_of(pid: i32, file: &Path) -> Option<bool> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("QEMU's maps");
     let line = maps.lines().find(|l| l.ends_with(&file.display().to_string()))?;
     line.split_whitespace().nth(1).map(|perms| perms.ends_with('s'))
-}
-
-fn mode_of(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
 
 /// A VM saved as a template (its RAM in a file on a tmpfs, its device state migrated beside

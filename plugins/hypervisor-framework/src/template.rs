@@ -178,12 +178,11 @@ pub fn check_dir(dir: &str) -> Result<PathBuf, TemplateError> {
     Ok(path)
 }
 
-/// Makes each of `files` readable and writable by its owner only (0600), checking it exists.
+/// Makes each of `files` readable and writable by its owner only (0600), checking it is there
+/// and not empty ([`check_files`]).
 pub fn make_private(files: &[(&'static str, &Path)]) -> Result<(), TemplateError> {
     for (what, path) in files {
-        if !path.is_file() {
-            return Err(TemplateError::FileGone { what, path: path.to_path_buf() });
-        }
+        check_files(&[(what, path, None)])?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|source| TemplateError::Io { what: "setting the mode of", path: path.to_path_buf(), source })?;
     }

@@ -82,8 +82,8 @@ pub fn save_template(state: &VmState, dir: &Path) -> Result<Vec<u8>, QemuError> 
     let Some(source) = &state.fields.template else {
         return Err(op(TemplateError::NoMemoryFile { sandbox_id: id.into() }));
     };
-    if state.lifecycle != Lifecycle::Paused || ops::vm_status(state) != "paused" {
-        let now = ops::vm_status(state);
+    let now = ops::vm_status(state);
+    if state.lifecycle != Lifecycle::Paused || now != "paused" {
         return Err(QemuError::Op(OpError::wrong_state(state, now, "be saved as a template (only a paused VM can)")));
     }
     let memory = source.config.memory_file.clone().ok_or_else(|| op(TemplateError::NoMemoryFile { sandbox_id: id.into() }))?;

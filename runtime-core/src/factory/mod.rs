@@ -50,6 +50,15 @@ pub enum FactoryError {
         #[source]
         source: Box<RegistryError>,
     },
+    /// The plugin's `destroy` failed.
+    #[error("VM factory {plugin} failed to remove what it keeps")]
+    Destroy {
+        /// The plugin.
+        plugin: String,
+        /// Its error.
+        #[source]
+        source: PluginError,
+    },
     /// The plugin's `init` failed.
     #[error("VM factory {plugin} failed to start")]
     Init {
@@ -284,7 +293,7 @@ pub fn destroy_unstarted(config: &RuntimeConfig, registry: &Registry) -> Result<
     let Some(section) = &config.factory else { return Ok(()) };
     for (name, settings) in [(section.plugin.as_str(), section.settings_json()), (section.base(), section.base_settings_json())] {
         let handle = open_factory(registry, name, &settings).map_err(|e| open_error(config, e))?;
-        handle.destroy().map_err(|source| FactoryError::Init { plugin: name.to_owned(), source })?;
+        handle.destroy().map_err(|source| FactoryError::Destroy { plugin: name.to_owned(), source })?;
     }
     Ok(())
 }
