@@ -17,7 +17,8 @@ pub struct L1Image {
     pub initramfs: PathBuf,
 }
 
-/// The init script. It prints markers the host waits for; the command (written per run into
+/// The init script. It prints markers the host waits for, and a heartbeat on the second serial
+/// port; the command (written per run into
 /// the initramfs) runs chrooted into the host's tree, with fresh /proc, /sys, /dev, /tmp, /run.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -32,6 +33,8 @@ for d in proc sys dev; do mount --rbind /$d /host/$d; done
 for d in tmp run; do mount -t tmpfs tmpfs /host/$d; done
 if [ -c /dev/kvm ]; then echo "NESTED-READY kvm=yes"; else echo "NESTED-READY kvm=no"; fi
 cp /etc/nested/command /host/tmp/nested-command
+# The heartbeat the host watches (nested/run.rs): a line on the second serial port every 5 s.
+( while :; do echo alive > /dev/ttyS1; sleep 5; done ) &
 cd /host && chroot /host /bin/sh /tmp/nested-command < /dev/null
 echo "NESTED-EXIT $?"
 poweroff -f

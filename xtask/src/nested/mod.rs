@@ -6,10 +6,12 @@
 //!
 //! `cargo xtask nested [--timeout SECS] [-- COMMAND...]`: without a command, checks that L1
 //! has `/dev/kvm`. Every step has a timeout; a hung L1 is retried once, and the report says
-//! which step hung.
+//! which step hung (`nested-test` boots up to three L1s, each resuming the suites where the
+//! last one stopped).
 
 pub mod bench;
 mod l1;
+mod progress;
 mod run;
 pub mod suite;
 

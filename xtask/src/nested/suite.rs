@@ -8,7 +8,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use super::progress::{self, Run};
+use super::run::Attempt;
 use super::{l1, run};
+
+/// How many L1s one suite run may boot: an L1 that wedges (QEMU/TCG's emulated SVM, not a
+/// test: MACHINE-FACTS.md) is replaced by a new one that resumes after the last finished
+/// test.
+const ATTEMPTS: usize = 3;
 
 /// The test binaries and the filter that selects their hypervisor-kvm tests.
 const SUITES: &[(&str, &str, &str)] = &[
@@ -86,17 +93,19 @@ const DIAGNOSE: &str = r#"diagnose() {
 /// The shell script L1 runs: every suite with a watchdog, a marker line per binary. A binary
 /// whose tests print nothing for [`STALL_S`] seconds, or that runs longer than
 /// [`BINARY_TIMEOUT_S`], is diagnosed and killed, and reported as hung.
-fn script(binaries: &[(String, PathBuf, String)], options: &Options) -> String {
+fn script(runs: &[Run], options: &Options) -> String {
     let mut s = String::from("status=0\nexport SANDBOX_TESTS_STRICT=1 RUST_BACKTRACE=1 TMPDIR=/tmp\n");
     if options.huge_pages {
         s.push_str("echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled\n");
     }
     s.push_str(DIAGNOSE);
-    for (name, exe, filter) in std::iter::repeat_n(binaries, options.repeat).flatten() {
+    for run in runs {
+        let (name, exe, filter) = (&run.name, &run.exe, &run.filter);
+        let skips: String = run.skip.iter().map(|t| format!(" --skip '{}'", t.replace('\'', r"'\''"))).collect();
         s.push_str(&format!(
             "echo \"nested-test: {name}\"\n\
              : > /tmp/nested-test.out\n\
-             '{exe}' --test-threads 1 --color never '{filter}' > /tmp/nested-test.out 2>&1 &\n\
+             '{exe}' --test-threads 1 --color never '{filter}'{skips} > /tmp/nested-test.out 2>&1 &\n\
              pid=$!\n\
              tail -f /tmp/nested-test.out &\n\
              tailpid=$!\n\
@@ -170,19 +179,48 @@ pub fn run_suites(options: &Options) -> Result<Vec<String>> {
     if binaries.is_empty() {
         bail!("no nested suite is named {:?}; the suites: {}", options.only.as_deref().unwrap_or(""), SUITES.iter().map(|s| s.1).collect::<Vec<_>>().join(", "));
     }
-    let text = script(&binaries, options);
-    let image = l1::build_with(&target, &["sh".into(), "-c".into(), text])?;
-    let outcome = run(&image, options.timeout)?;
-    if !outcome.kvm {
-        bail!("L1 has no /dev/kvm: kvm_amd did not load (see the console above)");
+    let mut runs: Vec<Run> = std::iter::repeat_n(&binaries, options.repeat)
+        .flatten()
+        .map(|(name, exe, filter)| Run::new(name.clone(), exe.clone(), filter.clone()))
+        .collect();
+    let mut wedged = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        let todo: Vec<Run> = runs.iter().filter(|r| r.result.is_none()).cloned().collect();
+        let image = l1::build_with(&target, &["sh".into(), "-c".into(), script(&todo, options)])?;
+        let (step, tail, output, how) = match run::once(&image, options.timeout)? {
+            Attempt::Done(outcome) => {
+                if !outcome.kvm {
+                    bail!("L1 has no /dev/kvm: kvm_amd did not load (see the console above)");
+                }
+                progress::record(&mut runs, &outcome.output);
+                println!("nested-test: L1 up in {:.1} s; tests ran {:.1} s", outcome.boot.as_secs_f64(), outcome.ran.as_secs_f64());
+                return verdict(&runs, outcome.status);
+            }
+            Attempt::Hung(step, tail, output) => (step, tail, output, "hung"),
+            Attempt::Crashed(step, tail, output) => (step, tail, output, "crashed (its own kernel, not the command)"),
+        };
+        progress::record(&mut runs, &output);
+        let during = match progress::running_at_end(&output) {
+            Some(test) => format!(" during {test}"),
+            None => String::new(),
+        };
+        let next = if attempt < ATTEMPTS { "; a new L1 resumes after the last finished test" } else { "" };
+        eprintln!("nested: L1 {how} in step {step:?}{during} (L1 {attempt} of {ATTEMPTS}){next}. Last console lines:\n{tail}");
+        wedged.push(format!("{how} in step {step:?}{during}"));
     }
-    let results: Vec<String> = outcome.output.iter().filter(|l| l.starts_with("test result:")).cloned().collect();
-    println!("nested-test: L1 up in {:.1} s; tests ran {:.1} s", outcome.boot.as_secs_f64(), outcome.ran.as_secs_f64());
-    match outcome.status {
-        0 if results.len() == binaries.len() * options.repeat => Ok(results),
-        0 => bail!("only {} of {} test binary runs reported a result", results.len(), binaries.len() * options.repeat),
+    bail!("L1 failed {ATTEMPTS} times: {}", wedged.join("; "))
+}
+
+/// The suites' result lines once every run finished, or what went wrong: a failed test (in
+/// this L1 or an earlier one), a binary that hung in L1, a run with no result.
+fn verdict(runs: &[Run], status: i32) -> Result<Vec<String>> {
+    let failed: Vec<&str> = runs.iter().flat_map(|r| r.failed.iter().map(String::as_str)).collect();
+    let results: Vec<String> = runs.iter().filter_map(|r| r.result.clone()).collect();
+    match status {
         2 => bail!("a test binary hung in L1 (see the HUNG line above)"),
-        n => bail!("hypervisor-kvm end-to-end tests failed in L1 (exit status {n}): {}", results.join("; ")),
+        0 if failed.is_empty() && results.len() == runs.len() => Ok(results),
+        0 if failed.is_empty() => bail!("only {} of {} test binary runs reported a result", results.len(), runs.len()),
+        n => bail!("hypervisor-kvm end-to-end tests failed in L1 (exit status {n}; failed: {}): {}", failed.join(", "), results.join("; ")),
     }
 }
 
@@ -213,8 +251,12 @@ pub fn task(args: &[String]) -> Result<()> {
 mod tests {
     #[test]
     fn script_reports_each_binary() {
-        let s = super::script(&[("p/t".into(), "/x/t-1".into(), "::kvm".into())], &super::Options::default());
+        let mut run = super::Run::new("p/t".into(), "/x/t-1".into(), "::kvm".into());
+        let s = super::script(std::slice::from_ref(&run), &super::Options::default());
         assert!(s.contains("'/x/t-1' --test-threads 1 --color never '::kvm' > /tmp/nested-test.out"), "{s}");
+        run.skip = vec!["a::kvm".into(), "it's".into()];
+        let s = super::script(&[run], &super::Options::default());
+        assert!(s.contains("'::kvm' --skip 'a::kvm' --skip 'it'\\''s' > /tmp/"), "{s}");
         assert!(s.contains("diagnose 'p/t'") && s.contains("HUNG") && s.ends_with("exit $status\n"));
     }
 }
