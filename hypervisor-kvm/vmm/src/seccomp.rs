@@ -3,7 +3,8 @@
 //! Once the VM is built, each vCPU thread and each device worker thread installs its own
 //! filter (the `seccompiler` crate) before it touches guest input:
 //!
-//! - **vCPU threads** may call `KVM_RUN` (no other ioctl but `FIONBIO`/`FIOCLEX`), read and
+//! - **vCPU threads** may call `KVM_RUN` and the `KVM_GET_*` ioctls that read their own state
+//!   for a save (no other ioctl but `FIONBIO`/`FIOCLEX`, no `KVM_SET_*`), read and
 //!   write what they already hold (eventfds, the console log), manage memory and futexes,
 //!   and duplicate or create the eventfds and epoll sets a device activation needs. They
 //!   cannot open files, create sockets, fork, exec or spawn threads: device worker threads
@@ -153,21 +154,40 @@ fn ioctls(requests: &[u64]) -> Vec<SeccompRule> {
     requests.iter().map(|r| arg_eq(1, *r)).collect()
 }
 
+/// `_IOR(KVMIO, nr, T)`: a KVM ioctl that reads a `T` from the kernel.
+const fn kvm_ior<T>(nr: u64) -> u64 {
+    (2 << 30) | ((std::mem::size_of::<T>() as u64) << 16) | ((kvm_bindings::KVMIO as u64) << 8) | nr
+}
+
+/// The ioctls a vCPU thread may make: `KVM_RUN`, and the reads of its state for a save
+/// (`vstate::snapshot::VcpuState::capture`), besides `FIONBIO` and `FIOCLEX`.
+fn vcpu_ioctls() -> Vec<u64> {
+    use kvm_bindings::*;
+    let kvmio = KVMIO as u64;
+    vec![
+        (kvmio << 8) | 0x80, // KVM_RUN
+        kvm_ior::<kvm_regs>(0x81),
+        kvm_ior::<kvm_sregs>(0x83),
+        (3 << 30) | ((std::mem::size_of::<kvm_msrs>() as u64) << 16) | (kvmio << 8) | 0x88, // KVM_GET_MSRS (_IOWR)
+        kvm_ior::<kvm_lapic_state>(0x8e),
+        kvm_ior::<kvm_mp_state>(0x98),
+        kvm_ior::<kvm_vcpu_events>(0x9f),
+        kvm_ior::<kvm_debugregs>(0xa1),
+        (kvmio << 8) | 0xa3, // KVM_GET_TSC_KHZ
+        kvm_ior::<kvm_xsave>(0xa4),
+        kvm_ior::<kvm_xcrs>(0xa6),
+        libc::FIONBIO,
+        libc::FIOCLEX,
+    ]
+}
+
 /// Builds both filters for `mode`; the threads install them with [`apply_vcpu`] and
 /// [`apply_device`]. Call once, before the vCPUs start.
 pub fn setup(mode: SeccompMode) -> Result<(), SeccompError> {
     let filters = match mode {
         SeccompMode::Off => None,
         _ => {
-            let kvm_run = kvm_bindings::KVMIO as u64;
-            // _IO(KVMIO, 0x80): KVM_RUN.
-            let kvm_run = (kvm_run << 8) | 0x80;
-            let vcpu = build(
-                "vCPU",
-                &[],
-                vec![(libc::SYS_ioctl, ioctls(&[kvm_run, libc::FIONBIO, libc::FIOCLEX]))],
-                mode,
-            )?;
+            let vcpu = build("vCPU", &[], vec![(libc::SYS_ioctl, ioctls(&vcpu_ioctls()))], mode)?;
             let device = build("device", DEVICE, device_conditional(), mode)?;
             Some(Filters { vcpu, device })
         }
@@ -223,6 +243,35 @@ mod tests {
             let prog = build("test", DEVICE, vec![(libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)])], mode).unwrap();
             assert!(prog.len() > COMMON.len());
         }
+    }
+
+    #[test]
+    fn a_filtered_vcpu_thread_can_read_its_state_for_a_save_and_nothing_more() {
+        let mem = crate::vstate::memory::create_guest_memory_backed(64, crate::vstate::memory::Backing::Memfd).unwrap();
+        let vm = match crate::vstate::vm::Vm::new(&mem) {
+            Ok(vm) => vm,
+            Err(e) if std::env::var_os("SANDBOX_TESTS_STRICT").is_none() => return eprintln!("skipped: this test needs /dev/kvm ({e})"),
+            Err(e) => panic!("SANDBOX_TESTS_STRICT is set and /dev/kvm does not work: {e}"),
+        };
+        let vcpu = crate::vstate::vcpu::create_vcpu(&vm, 0, 1, None).unwrap();
+        let msrs = crate::vstate::snapshot::vcpu_state::msr_indexes(&vm.kvm).unwrap();
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().map(|c| (*c, Vec::new())).collect();
+        rules.insert(libc::SYS_ioctl, ioctls(&vcpu_ioctls()));
+        let arch = std::env::consts::ARCH.try_into().unwrap();
+        let filter = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch).unwrap();
+        let prog: BpfProgram = filter.try_into().unwrap();
+        let (saved, set) = std::thread::scope(|s| {
+            s.spawn(|| {
+                seccompiler::apply_filter(&prog).unwrap();
+                let saved = crate::vstate::snapshot::VcpuState::capture(&vcpu, &msrs).map(|_| ()).map_err(|e| error_report::chain(&e));
+                let set = vcpu.set_regs(&Default::default()).map_err(|e| e.errno());
+                (saved, set)
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(saved, Ok(()));
+        assert_eq!(set, Err(libc::EPERM), "KVM_SET_REGS is not a vCPU thread's call");
     }
 
     #[test]

@@ -150,9 +150,17 @@ pub fn run(
             (id == 0).then_some(boot),
         )?);
     }
+    // The MSRs a save reads (`snapshot`): KVM's list, asked once.
+    let msrs: Arc<[u32]> = match crate::vstate::snapshot::vcpu_state::msr_indexes(&vm.kvm) {
+        Ok(list) => list.into(),
+        Err(e) => {
+            tracing::warn!(error = %error_report::chain(&e), "no MSR list: this VM's state cannot be saved");
+            Arc::from([])
+        }
+    };
     let mut threads = Vec::new();
     for (id, fd) in fds.into_iter().enumerate() {
-        threads.push(spawn_vcpu(id as u8, fd, &bus, &control, events.clone())?);
+        threads.push(spawn_vcpu(id as u8, fd, &msrs, &bus, &control, events.clone())?);
     }
     let _api = match &config.api_socket {
         Some(path) => Some(api::serve(
@@ -203,17 +211,18 @@ pub fn run(
 fn spawn_vcpu(
     id: u8,
     mut fd: kvm_ioctls::VcpuFd,
+    msrs: &Arc<[u32]>,
     bus: &Arc<Bus>,
     control: &Arc<RunControl>,
     events: Sender<Event>,
 ) -> Result<std::thread::JoinHandle<()>, VmmError> {
     use std::os::unix::thread::JoinHandleExt;
-    let (bus, ctl) = (bus.clone(), control.clone());
+    let (bus, ctl, msrs) = (bus.clone(), control.clone(), msrs.clone());
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
             let result = match crate::seccomp::apply_vcpu() {
-                Ok(()) => vcpu::run(&mut fd, &bus, &ctl),
+                Ok(()) => vcpu::run(&mut fd, usize::from(id), &msrs, &bus, &ctl),
                 Err(e) => Err(VcpuError::Seccomp(e)),
             };
             let _ = events.send(Event::Vcpu(id, result));

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 pub use vmm_api::RunState;
 
+use crate::vstate::snapshot::VcpuState;
+
+/// How long a `save` waits for the parked vCPUs to report their state.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The state stored in the atomic (`RunState as u8`).
 fn from_u8(v: u8) -> RunState {
     match v {
@@ -31,6 +36,12 @@ pub enum RunStateError {
         /// The state it was in.
         state: RunState,
     },
+    /// A vCPU could not read its state for a save.
+    #[error("saving vCPU {0}: {1}")]
+    Save(usize, String),
+    /// Not every vCPU reported its state in time.
+    #[error("only {0} of {1} vCPUs reported their state within {SAVE_TIMEOUT:?}")]
+    SaveTimeout(usize, usize),
     /// Not every vCPU parked in time.
     #[error(
         "only {parked} of {total} vCPUs paused within {0:?}",
@@ -50,6 +61,8 @@ impl RunStateError {
 
 struct Inner {
     parked: usize,
+    /// A save in progress: each parked vCPU puts its state in its slot.
+    saves: Option<Vec<Option<Result<VcpuState, String>>>>,
     /// The vCPU threads' ids, kicked with a signal to leave KVM_RUN.
     threads: Vec<libc::pthread_t>,
 }
@@ -71,6 +84,7 @@ impl RunControl {
             state: AtomicU8::new(RunState::Created as u8),
             inner: Mutex::new(Inner {
                 parked: 0,
+                saves: None,
                 threads: Vec::new(),
             }),
             cond: Condvar::new(),
@@ -101,6 +115,12 @@ impl RunControl {
     /// Called by a vCPU before each KVM_RUN: returns at once while running, parks while
     /// created or paused, and returns false when the vCPU must leave its loop.
     pub fn checkpoint(&self) -> bool {
+        self.checkpoint_saving(usize::MAX, &mut || Err("this vCPU cannot be saved".to_owned()))
+    }
+
+    /// [`RunControl::checkpoint`] for vCPU `id`, which reads its state with `save` when a
+    /// [`RunControl::save_vcpus`] asks while it is parked.
+    pub fn checkpoint_saving(&self, id: usize, save: &mut dyn FnMut() -> Result<VcpuState, String>) -> bool {
         match self.state() {
             RunState::Running => return true,
             RunState::Stopping => return false,
@@ -110,6 +130,10 @@ impl RunControl {
         inner.parked += 1;
         self.cond.notify_all();
         loop {
+            if let Some(slot) = inner.saves.as_mut().and_then(|s| s.get_mut(id)).filter(|slot| slot.is_none()) {
+                *slot = Some(save());
+                self.cond.notify_all();
+            }
             match self.state() {
                 RunState::Running | RunState::Stopping => break,
                 _ => inner = self.cond.wait(inner).unwrap_or_else(|p| p.into_inner()),
@@ -203,6 +227,34 @@ impl RunControl {
         Ok(())
     }
 
+    /// Every vCPU's state, read by each parked vCPU thread (which owns its vCPU): only while
+    /// paused.
+    pub fn save_vcpus(&self) -> Result<Vec<VcpuState>, RunStateError> {
+        let mut inner = self.lock();
+        match self.state() {
+            RunState::Paused if inner.parked == self.vcpus => {}
+            RunState::Paused => return Err(RunStateError::PauseTimeout { parked: inner.parked, total: self.vcpus }),
+            state => return Err(RunStateError::Wrong { action: "save", state }),
+        }
+        inner.saves = Some((0..self.vcpus).map(|_| None).collect());
+        self.cond.notify_all();
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        loop {
+            let done = inner.saves.as_ref().map_or(0, |s| s.iter().filter(|x| x.is_some()).count());
+            if done == self.vcpus {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                inner.saves = None;
+                return Err(RunStateError::SaveTimeout(done, self.vcpus));
+            }
+            inner = self.cond.wait_timeout(inner, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        let saves = inner.saves.take().unwrap_or_default();
+        saves.into_iter().enumerate().map(|(id, s)| s.unwrap_or_else(|| Err("no state".into())).map_err(|e| RunStateError::Save(id, e))).collect()
+    }
+
     /// Paused → running.
     pub fn resume(&self) -> Result<(), RunStateError> {
         let _inner = self.lock();
@@ -274,6 +326,58 @@ mod tests {
         assert_eq!(rc.state(), RunState::Stopping);
         assert!(rc.start().is_err());
         assert!(rc.halt().is_err());
+    }
+
+    fn fake_state(id: usize) -> VcpuState {
+        use crate::vstate::snapshot::raw::Raw;
+        VcpuState {
+            mp_state: Raw(Default::default()),
+            regs: Raw(kvm_bindings::kvm_regs { rax: id as u64, ..Default::default() }),
+            sregs: Raw(Default::default()),
+            xsave: Raw(Default::default()),
+            xcrs: Raw(Default::default()),
+            debugregs: Raw(Default::default()),
+            lapic: Raw(Default::default()),
+            msrs: Vec::new(),
+            events: Raw(Default::default()),
+            tsc_khz: None,
+        }
+    }
+
+    #[test]
+    fn a_paused_vm_s_vcpus_each_report_their_state() {
+        let rc = Arc::new(RunControl::new(2, libc::SIGUSR2));
+        let threads: Vec<_> = (0..2)
+            .map(|id| {
+                let rc = rc.clone();
+                std::thread::spawn(move || while rc.checkpoint_saving(id, &mut || if id < 2 { Ok(fake_state(id)) } else { Err("bad".into()) }) {
+                    std::thread::sleep(Duration::from_millis(1));
+                })
+            })
+            .collect();
+        rc.start().unwrap();
+        assert!(matches!(rc.save_vcpus(), Err(RunStateError::Wrong { action: "save", state: RunState::Running })));
+        rc.pause().unwrap();
+        let states = rc.save_vcpus().unwrap();
+        assert_eq!(states.iter().map(|s| s.regs.0.rax).collect::<Vec<_>>(), [0, 1]);
+        // Saving again works, and the VM still resumes.
+        assert_eq!(rc.save_vcpus().unwrap().len(), 2);
+        rc.resume().unwrap();
+        assert!(rc.stop(Duration::from_secs(5), || threads.iter().all(|t| t.is_finished())));
+    }
+
+    #[test]
+    fn a_vcpu_that_cannot_read_its_state_fails_the_save() {
+        let rc = Arc::new(RunControl::new(1, libc::SIGUSR2));
+        let vcpu = {
+            let rc = rc.clone();
+            std::thread::spawn(move || while rc.checkpoint_saving(0, &mut || Err("KVM_GET_XSAVE failed".into())) {})
+        };
+        rc.start().unwrap();
+        rc.pause().unwrap();
+        let e = rc.save_vcpus().unwrap_err().to_string();
+        assert_eq!(e, "saving vCPU 0: KVM_GET_XSAVE failed");
+        assert!(rc.stop(Duration::from_secs(5), || vcpu.is_finished()));
     }
 
     #[test]

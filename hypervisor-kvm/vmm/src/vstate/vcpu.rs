@@ -12,6 +12,7 @@ use crate::devices::bus::Bus;
 use crate::devices::legacy::pio::PioAction;
 use crate::logger::RateLimit;
 use crate::vstate::runstate::RunControl;
+use crate::vstate::snapshot::VcpuState;
 use crate::vstate::vm::Vm;
 
 const CR0_PE: u64 = 1;
@@ -159,12 +160,14 @@ pub fn create_vcpu(
     Ok(vcpu)
 }
 
-/// Runs the vCPU until the guest stops or `control` stops it; parks while the VM is created
-/// or paused. Guest-triggerable oddities are logged (rate-limited) and ignored.
-pub fn run(vcpu: &mut VcpuFd, bus: &Bus, control: &RunControl) -> Result<GuestExit, VcpuError> {
+/// Runs vCPU `id` until the guest stops or `control` stops it; parks while the VM is created
+/// or paused, and reads its state (with the MSRs in `msrs`) when a save asks while parked.
+/// Guest-triggerable oddities are logged (rate-limited) and ignored.
+pub fn run(vcpu: &mut VcpuFd, id: usize, msrs: &[u32], bus: &Bus, control: &RunControl) -> Result<GuestExit, VcpuError> {
     let mut other = RateLimit::default();
     loop {
-        if !control.checkpoint() {
+        let saving = &mut || VcpuState::capture(vcpu, msrs).map_err(|e| error_report::chain(&e));
+        if !control.checkpoint_saving(id, saving) {
             return Ok(GuestExit::Stopped);
         }
         let exit = match vcpu.run() {
