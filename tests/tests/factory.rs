@@ -107,13 +107,12 @@ async fn a_container_runs_in_a_sandbox_from_each_factory(hv: Hypervisor) {
     t.assert_nothing_left("bigger");
 }
 
-/// Ten sandboxes one after another from a cache of two (of one on `kvm`: in the nested L1
-/// here, with three L2 VMs at once, a sandbox's vmm died at boot with an empty console in one
-/// run of five on 2026-12-07, and L1 used to stall; see docs/MACHINE-FACTS.md), each a distinct
-/// VM, the first ones from the pool.
+/// Ten sandboxes one after another from a cache of two, each a distinct VM, the first ones
+/// from the pool. (On `kvm` the nested L1 kept this to a cache of one while it had two vCPUs:
+/// with three L2 VMs at once it wedged; docs/MACHINE-FACTS.md.)
 async fn ten_sandboxes_one_after_another_from_a_cache(hv: Hypervisor) {
     let Some(image) = hv.image_or_skip() else { return };
-    let size: u32 = if hv == Hypervisor::Kvm { 1 } else { 2 };
+    let size: u32 = 2;
     let t = TestRuntime::with(&image, hv, &cache(&image, size));
     wait_ready(&t.runtime, size as usize).await;
     let mut pids = Vec::new();

@@ -108,7 +108,7 @@ pub fn test(extra: &[String]) -> Result<()> {
                 println!("nested KVM: {line}");
             }
             format!(
-                "nested KVM ran (the ::kvm end-to-end tests on our vmm, in an L1 under QEMU/TCG: {}; the VM factory ::kvm tests are left out here, run them with `cargo xtask nested-test --only factory`: two L2 VMs at once destabilize this L1)",
+                "nested KVM ran (the ::kvm end-to-end tests on our vmm, the VM factories' included, in an L1 under QEMU/TCG: {})",
                 results.join("; ")
             )
         }),
