@@ -181,6 +181,8 @@ impl FakeVm {
             Request::Pause => (&[Running], Paused),
             Request::Resume => (&[Paused], Running),
             Request::Stop => (&[Created, Running, Paused], Stopped),
+            // The fake has no VM state to save.
+            Request::Save => return Response::Error("the fake vmm cannot save a VM".into()),
         };
         if !allowed.contains(&self.state) {
             return Response::Error(format!("cannot {request}: the VM is {}", self.state));

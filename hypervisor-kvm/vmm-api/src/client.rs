@@ -77,8 +77,8 @@ impl Client {
         }
     }
 
-    /// A request that changes the run state (start, pause, resume, stop, shutdown): the state
-    /// it left the VM in.
+    /// A request that changes the run state (start, pause, resume, stop, shutdown) or saves
+    /// it (save): the state it left the VM in.
     pub fn run_state(&self, request: Request) -> Result<RunState, ClientError> {
         match self.call(request)? {
             Response::State(state) => Ok(state),

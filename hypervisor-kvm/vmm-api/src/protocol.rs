@@ -38,11 +38,17 @@ pub enum Request {
     Shutdown,
     /// Lists the virtio devices and changes nothing: [`Response::Devices`].
     Devices,
+    /// `paused` → `paused`: writes the whole VM's state (vCPUs, interrupt controllers, PIT,
+    /// clock, every device) to the vmm's `--state-file`, mode 0600, through a temporary file
+    /// renamed into place; guest RAM stays in the vmm's `--memory-file`. The VM can resume
+    /// afterwards. Refused while not paused, without `--state-file`, or when a device cannot
+    /// be saved (the error names it): then no state file is written. [`Response::State`].
+    Save,
 }
 
 impl Request {
     /// Every request, in the order of the table above.
-    pub const ALL: [Request; 7] = [
+    pub const ALL: [Request; 8] = [
         Request::State,
         Request::Start,
         Request::Pause,
@@ -50,6 +56,7 @@ impl Request {
         Request::Stop,
         Request::Shutdown,
         Request::Devices,
+        Request::Save,
     ];
 
     /// The op's name on the wire.
@@ -62,6 +69,7 @@ impl Request {
             Request::Stop => "stop",
             Request::Shutdown => "shutdown",
             Request::Devices => "devices",
+            Request::Save => "save",
         }
     }
 

@@ -42,6 +42,10 @@ pub struct ApiContext {
     pub vcpus: u8,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
+    /// The VM, for a save (`None` in tests without KVM).
+    pub vm: Option<Arc<crate::vstate::vm::Vm>>,
+    /// Where a save writes the state (`--state-file`).
+    pub state_file: Option<PathBuf>,
 }
 
 /// The bound API socket; the file is removed when this is dropped.
@@ -130,6 +134,16 @@ fn handle(line: &str, ctx: &ApiContext) -> (Response, bool) {
         Request::Pause => ctx.control.pause(),
         Request::Resume => ctx.control.resume(),
         Request::Stop => ctx.control.halt(),
+        Request::Save => {
+            let saved = match &ctx.vm {
+                Some(vm) => crate::save::save(&ctx.control, vm, &ctx.bus, ctx.state_file.as_deref()),
+                None => Err(crate::save::VmSaveError::NoStateFile),
+            };
+            return match saved {
+                Ok(()) => (Response::State(ctx.control.state()), false),
+                Err(e) => (Response::Error(error_report::chain(&e)), false),
+            };
+        }
     };
     match changed {
         Ok(()) => (Response::State(ctx.control.state()), false),
@@ -171,6 +185,8 @@ mod tests {
             events: std::sync::mpsc::channel().0,
             vcpus: 1,
             memory_mib: 256,
+            vm: None,
+            state_file: None,
         }
     }
 
@@ -198,6 +214,10 @@ mod tests {
         assert_eq!(state(&ctx, Request::Stop), RunState::Stopped);
         assert_eq!(op(&ctx, Request::Resume), Response::Error("cannot resume: the VM is stopped".into()));
         assert_eq!(op(&ctx, Request::Devices), Response::Devices(Vec::new()));
+        match op(&ctx, Request::Save) {
+            Response::Error(e) => assert!(e.contains("without --state-file"), "{e}"),
+            other => panic!("save: {other:?}"),
+        }
         let (answer, shutdown) = handle(r#"{"op":"shutdown"}"#, &ctx);
         assert!(shutdown && answer == Response::State(RunState::Stopping));
     }

@@ -51,6 +51,12 @@ pub enum VmmError {
     /// The control API.
     #[error("the control API")]
     Api(#[from] crate::api::ApiError),
+    /// Restoring a saved VM failed; the string names the part.
+    #[error("restoring {0}")]
+    Restore(String, #[source] Box<dyn std::error::Error + Send + Sync>),
+    /// `--restore` without the saved VM's RAM.
+    #[error("--restore needs --memory-file: the saved VM's RAM")]
+    RestoreWithoutMemory,
     /// vCPU threads did not leave KVM_RUN.
     #[error("vCPU threads did not stop")]
     StuckVcpus,

@@ -4,8 +4,9 @@
 //!
 //! Its modules, grouped as Firecracker groups its vmm: [`arch`] (address map, ACPI), [`boot`]
 //! (PVH and bzImage loading), [`vstate`] (memory, VM, vCPUs, run state), [`devices`] (buses,
-//! legacy port I/O, virtio), [`api`] (the control API server), [`logger`], [`seccomp`], and
-//! [`vmm`], which builds the VM from them and runs it.
+//! legacy port I/O, virtio), [`api`] (the control API server), [`save`] (a whole VM's state
+//! file: the `save` op and `--restore`), [`logger`], [`seccomp`], and [`vmm`], which builds the
+//! VM from them and runs it.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod host;
 pub mod logger;
+pub mod save;
 pub mod seccomp;
 pub mod vmm;
 pub mod vstate;

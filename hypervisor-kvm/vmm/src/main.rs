@@ -15,7 +15,7 @@ use vmm::{run, VmConfig};
 struct Args {
     /// The kernel: an ELF vmlinux with a PVH entry note, or (the fallback) a bzImage booted
     /// through the Linux 64-bit boot protocol.
-    #[arg(long, required_unless_present = "check_host")]
+    #[arg(long, required_unless_present_any = ["check_host", "restore"])]
     kernel: Option<PathBuf>,
     /// Initrd (initramfs) to pass as the PVH module.
     #[arg(long)]
@@ -30,6 +30,14 @@ struct Args {
     /// RAM's size): the RAM of a VM that a template will be saved from. Default: a memfd.
     #[arg(long)]
     memory_file: Option<PathBuf>,
+    /// Where the API's `save` writes the VM's state (with `--memory-file`, which holds its RAM).
+    #[arg(long, requires = "memory_file")]
+    state_file: Option<PathBuf>,
+    /// Start from a saved state (the API's `save` of a VM with the same vCPUs and devices)
+    /// instead of booting: the guest goes on where it was saved. `--memory-file` is then the
+    /// saved VM's RAM, mapped copy-on-write (private): the file is not changed.
+    #[arg(long, requires = "memory_file", conflicts_with_all = ["kernel", "initrd", "state_file"])]
+    restore: Option<PathBuf>,
     /// Number of vCPUs (1..=32).
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -95,8 +103,16 @@ fn main() -> ExitCode {
             }
         };
     }
-    let (Some(kernel), Some(console_log)) = (args.kernel, args.console_log) else {
-        eprintln!("vmm: --kernel and --console-log are required");
+    let boot = match (args.kernel, args.restore) {
+        (Some(kernel), None) => vmm::vmm::Start::Boot { kernel, initrd: args.initrd },
+        (None, Some(state)) => vmm::vmm::Start::Restore(state),
+        _ => {
+            eprintln!("vmm: one of --kernel and --restore is required");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(console_log) = args.console_log else {
+        eprintln!("vmm: --console-log is required");
         return ExitCode::FAILURE;
     };
     // Before any thread exists (the log subscriber starts none).
@@ -113,11 +129,11 @@ fn main() -> ExitCode {
     };
     vmm::logger::init();
     let config = VmConfig {
-        kernel,
-        initrd: args.initrd,
+        start: boot,
         cmdline: args.cmdline,
         memory_mib: args.memory_mib,
         memory_file: args.memory_file,
+        state_file: args.state_file,
         vcpus: args.vcpus,
         console_log,
         api_socket: args.api_socket,

@@ -32,20 +32,34 @@ use crate::vstate::{memory, vm};
 /// How long stopping waits for the vCPU threads.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How the VM starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Boot a kernel.
+    Boot {
+        /// ELF vmlinux with a PVH note, or a bzImage.
+        kernel: PathBuf,
+        /// Optional initrd/initramfs.
+        initrd: Option<PathBuf>,
+    },
+    /// Go on from a saved state file (`save`); RAM is the `memory_file`, mapped private.
+    Restore(PathBuf),
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// ELF vmlinux with a PVH note.
-    pub kernel: PathBuf,
-    /// Optional initrd/initramfs.
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line.
+    /// Boot a kernel or restore a saved VM.
+    pub start: Start,
+    /// Kernel command line (not used by a restore).
     pub cmdline: String,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// A file to hold guest RAM, mapped shared (a VM a template will be saved from); `None`:
-    /// a memfd.
+    /// A file to hold guest RAM, mapped shared (a VM a template will be saved from), or with
+    /// [`Start::Restore`] the saved VM's RAM, mapped private; `None`: a memfd.
     pub memory_file: Option<PathBuf>,
+    /// Where the API's `save` writes the state.
+    pub state_file: Option<PathBuf>,
     /// Number of vCPUs (1 to [`MAX_VCPUS`]).
     pub vcpus: u8,
     /// Where the serial console output goes.
@@ -113,30 +127,52 @@ pub fn run(
     if devices.len() > MAX_DEVICES {
         return Err(VmmError::TooManyDevices(devices.len()));
     }
+    // A restore reads and checks its state first: a state from another vmm or CPU is refused
+    // before anything is built.
+    let restored = match &config.start {
+        Start::Restore(path) => {
+            let kvm = kvm_ioctls::Kvm::new().map_err(|e| VmmError::Vm(vm::VmSetupError::OpenKvm(e)))?;
+            Some(crate::save::read(path, &kvm, config.vcpus, devices.len()).map_err(|e| VmmError::Restore(path.display().to_string(), e.into()))?)
+        }
+        Start::Boot { .. } => None,
+    };
     let log = File::create(&config.console_log)
         .map_err(|e| VmmError::ConsoleLog(config.console_log.display().to_string(), e))?;
-    let backing = match &config.memory_file {
-        Some(path) => memory::Backing::SharedFile(path),
-        None => memory::Backing::Memfd,
+    let backing = match (&config.memory_file, &restored) {
+        (Some(path), Some(_)) => memory::Backing::PrivateFile(path),
+        (Some(path), None) => memory::Backing::SharedFile(path),
+        (None, None) => memory::Backing::Memfd,
+        (None, Some(_)) => return Err(VmmError::RestoreWithoutMemory),
     };
     let mem = memory::create_guest_memory_backed(config.memory_mib, backing)?;
-    let vm = vm::Vm::new(&mem)?;
+    let vm = Arc::new(vm::Vm::new(&mem)?);
     let (slots, infos) = attach_devices(&vm, &mem, devices)?;
-    let rsdp = acpi::write(&mem, config.vcpus, &infos)?;
-    let boot = boot::load(
-        &mem,
-        &config.kernel,
-        config.initrd.as_deref(),
-        &config.cmdline,
-        rsdp,
-    )?;
+    let boot = match &config.start {
+        Start::Boot { kernel, initrd } => {
+            let rsdp = acpi::write(&mem, config.vcpus, &infos)?;
+            Some(boot::load(&mem, kernel, initrd.as_deref(), &config.cmdline, rsdp)?)
+        }
+        Start::Restore(_) => None,
+    };
 
-    let (serial, serial_evt) = SerialPort::new(Box::new(log) as Box<dyn Write + Send>)?;
+    let out = Box::new(log) as Box<dyn Write + Send>;
+    let (serial, serial_evt) = match &restored {
+        Some(state) => SerialPort::restored(out, &state.devices.serial)?,
+        None => SerialPort::new(out)?,
+    };
     vm.register_irqfd(&serial_evt, serial::COM1_IRQ)?;
-    let bus = Arc::new(Bus::new(PioBus::new(serial), slots));
 
     crate::seccomp::setup(config.seccomp)?;
     crate::devices::virtio::worker::start_spawner().map_err(VmmError::Thread)?;
+    // The devices go on where they were saved (their workers start under the device filter,
+    // so after the filters are set up).
+    if let Some(state) = &restored {
+        for (index, (slot, saved)) in slots.iter().zip(&state.devices.mmio).enumerate() {
+            let mut transport = slot.transport.lock().unwrap_or_else(|p| p.into_inner());
+            transport.restore(index, saved).map_err(|e| VmmError::Restore(format!("device {index}"), e.into()))?;
+        }
+    }
+    let bus = Arc::new(Bus::new(PioBus::new(serial), slots));
     let kick = SIGRTMIN();
     register_signal_handler(kick, kick_handler).map_err(VmmError::Signal)?;
     let control = Arc::new(RunControl::new(usize::from(config.vcpus), kick));
@@ -147,8 +183,15 @@ pub fn run(
             &vm,
             id,
             config.vcpus,
-            (id == 0).then_some(boot),
+            boot.filter(|_| id == 0),
         )?);
+    }
+    if let Some(state) = &restored {
+        for (id, (fd, saved)) in fds.iter().zip(&state.kvm.vcpus).enumerate() {
+            saved.restore(fd).map_err(|e| VmmError::Restore(format!("vCPU {id}"), e.into()))?;
+        }
+        state.kvm.chip.restore(&vm.fd).map_err(|e| VmmError::Restore("the interrupt controllers".into(), e.into()))?;
+        tracing::info!("VM restored from its saved state");
     }
     // The MSRs a save reads (`snapshot`): KVM's list, asked once.
     let msrs: Arc<[u32]> = match crate::vstate::snapshot::vcpu_state::msr_indexes(&vm.kvm) {
@@ -171,6 +214,8 @@ pub fn run(
                 events: events.clone(),
                 vcpus: config.vcpus,
                 memory_mib: config.memory_mib,
+                vm: Some(vm.clone()),
+                state_file: config.state_file.clone(),
             },
         )?),
         None => None,
@@ -179,7 +224,7 @@ pub fn run(
     if !config.start_paused {
         control.start()?;
     }
-    tracing::info!(entry = boot.entry, vcpus = config.vcpus, "VM ready");
+    tracing::info!(entry = boot.map(|b| b.entry), vcpus = config.vcpus, "VM ready");
 
     let result = match rx.recv() {
         Ok(Event::Vcpu(id, result)) => {

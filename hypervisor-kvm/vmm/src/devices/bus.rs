@@ -43,6 +43,13 @@ impl Bus {
         }
     }
 
+    /// Every device's state, for a save of the paused VM.
+    pub fn save_devices(&self) -> Result<crate::devices::saved::DevicesState, crate::devices::virtio::save::SaveError> {
+        let serial = lock(&self.pio).serial.regs();
+        let mmio = self.mmio.iter().map(|slot| lock(&slot.transport).save()).collect::<Result<_, _>>()?;
+        Ok(crate::devices::saved::DevicesState { serial, mmio })
+    }
+
     /// The MMIO devices.
     pub fn mmio_slots(&self) -> &[MmioSlot] {
         &self.mmio

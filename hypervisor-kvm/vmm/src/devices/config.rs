@@ -178,21 +178,6 @@ impl Pairs {
     }
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return None;
-    }
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    Some(mac)
-}
-
 impl DeviceConfig {
     /// Parses a `--disk` value.
     pub fn disk(text: &str) -> Result<Self, DeviceOptionError> {
@@ -232,7 +217,7 @@ impl DeviceConfig {
         let tap = p.required("tap")?;
         let mac = match p.map.remove("mac") {
             None => None,
-            Some(m) => Some(parse_mac(&m).ok_or_else(|| p.bad(format!("mac {m:?} is not aa:bb:cc:dd:ee:ff")))?),
+            Some(m) => Some(crate::devices::virtio::net::parse_mac(&m).ok_or_else(|| p.bad(format!("mac {m:?} is not aa:bb:cc:dd:ee:ff")))?),
         };
         Ok(DeviceConfig::Net { tap, mac })
     }

@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod config;
 pub mod legacy;
+pub mod saved;
 pub mod virtio;
 
 pub use config::{build, DeviceConfig, DeviceError};

@@ -8,10 +8,12 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::save::{QueueRegs, SaveError};
 use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::logger::RateLimit;
 
@@ -29,6 +31,36 @@ const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_FAILED: u32 = 0x80;
+
+/// A transport's registers, its device's queues and the device's own state, in a state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportState {
+    /// The virtio device type.
+    pub device_type: u32,
+    /// The device model's name.
+    pub name: String,
+    /// The Status register.
+    pub status: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver wrote.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// Whether the device was active (DRIVER_OK).
+    pub active: bool,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// Every queue, in order.
+    pub queues: Vec<QueueRegs>,
+    /// The device model's own state.
+    pub device: serde_json::Value,
+}
 
 /// One virtio device behind its mmio registers.
 pub struct MmioTransport {
@@ -104,6 +136,77 @@ impl MmioTransport {
     /// Whether the driver has set `DRIVER_OK` and the device runs.
     pub fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// The registers, queues and device state of a paused VM, for a save: an active device's
+    /// worker hands its queues over and goes on ([`VirtioDevice::save`]).
+    pub fn save(&mut self) -> Result<TransportState, SaveError> {
+        let saved = self.device.save()?;
+        let queues: Vec<QueueState> = if self.active { saved.queues } else { self.queues.iter().map(Queue::state).collect() };
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            name: self.device.name().to_owned(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            active: self.active,
+            interrupt_status: self.interrupt.status(),
+            queues: queues.into_iter().map(QueueRegs::from).collect(),
+            device: saved.state,
+        })
+    }
+
+    /// Takes a saved state into this new transport (slot `index`, built for the same device),
+    /// before any vCPU runs: registers, queues (each checked against the device and guest
+    /// memory), the device's own state, and the device's activation if it was active.
+    pub fn restore(&mut self, index: usize, state: &TransportState) -> Result<(), SaveError> {
+        let device = self.device.name();
+        let here = format!("{device} (type {})", self.device.device_type());
+        let saved = format!("{} (type {})", state.name, state.device_type);
+        if here != saved {
+            return Err(SaveError::Mismatch { index, saved, here });
+        }
+        let max = self.device.queue_max_sizes().to_vec();
+        if state.queues.len() != max.len() {
+            return Err(SaveError::State { device, what: format!("the state has {} queues, the device {}", state.queues.len(), max.len()) });
+        }
+        let offered = self.device.features() | VIRTIO_F_VERSION_1;
+        if state.driver_features & !offered != 0 {
+            return Err(SaveError::State { device, what: format!("saved driver features {:#x} are not all offered ({offered:#x})", state.driver_features) });
+        }
+        let mut queues = Vec::with_capacity(max.len());
+        for (i, (regs, max)) in state.queues.iter().zip(max).enumerate() {
+            let bad = |why: String| SaveError::Queue { device, index: i, why };
+            if regs.max_size != max {
+                return Err(bad(format!("its maximum size is {}, the device's {max}", regs.max_size)));
+            }
+            let q = Queue::try_from(QueueState::from(*regs)).map_err(|e| bad(format!("{e:?}")))?;
+            if q.ready() && !q.is_valid(&self.mem) {
+                return Err(bad("its rings lie outside guest memory".into()));
+            }
+            queues.push(q);
+        }
+        self.device.restore(&state.device)?;
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.config_generation = state.config_generation;
+        self.interrupt.ack(u32::MAX);
+        self.interrupt.restore(state.interrupt_status);
+        if !state.active {
+            self.queues = queues;
+            return Ok(());
+        }
+        let queue_evts = self.queue_evts.iter().map(EventFd::try_clone).collect::<std::io::Result<Vec<_>>>().map_err(|source| SaveError::Restart { device, source })?;
+        let activation = Activation { mem: self.mem.clone(), queues, queue_evts, interrupt: self.interrupt.clone(), acked_features: self.driver_features };
+        self.device.activate(activation).map_err(|e| SaveError::State { device, what: format!("activating it: {e}") })?;
+        self.active = true;
+        Ok(())
     }
 
     fn complain(&mut self, what: &str, offset: u64, value: u64) {
@@ -421,8 +524,9 @@ mod tests {
     use crate::devices::virtio::{ActivateError, Activation};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A test double: one queue of 16, feature bit 0, counts activations.
-    struct FakeDevice(Arc<AtomicUsize>);
+    /// A test double: one queue of 16, feature bit 0, counts activations, keeps the queues it
+    /// was activated with and saves them (with its count as its own state).
+    struct FakeDevice(Arc<AtomicUsize>, Vec<Queue>);
 
     impl VirtioDevice for FakeDevice {
         fn device_type(&self) -> u32 {
@@ -441,18 +545,28 @@ mod tests {
             data.fill(0xab);
         }
         fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-        fn activate(&mut self, _activation: Activation) -> Result<(), ActivateError> {
+        fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
             self.0.fetch_add(1, Ordering::SeqCst);
+            self.1 = activation.queues;
             Ok(())
         }
         fn reset(&mut self) {}
+        fn save(&mut self) -> Result<crate::devices::virtio::save::DeviceSave, SaveError> {
+            let state = serde_json::json!({ "activations": self.0.load(Ordering::SeqCst) });
+            Ok(crate::devices::virtio::save::DeviceSave { queues: self.1.iter().map(Queue::state).collect(), state })
+        }
+        fn restore(&mut self, state: &serde_json::Value) -> Result<(), SaveError> {
+            let n = state["activations"].as_u64().ok_or(SaveError::State { device: "fake", what: format!("no activations in {state}") })?;
+            self.0.store(n as usize, Ordering::SeqCst);
+            Ok(())
+        }
     }
 
     fn transport() -> (MmioTransport, Arc<AtomicUsize>) {
         let mem = crate::vstate::memory::create_guest_memory(32).unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        (MmioTransport::new(Box::new(FakeDevice(count.clone())), mem, irq).unwrap(), count)
+        (MmioTransport::new(Box::new(FakeDevice(count.clone(), Vec::new())), mem, irq).unwrap(), count)
     }
 
     fn read(t: &mut MmioTransport, offset: u64) -> u32 {
@@ -528,6 +642,63 @@ mod tests {
         write(&mut t, 0x70, 0);
         assert!(!t.is_active());
         assert_eq!(read(&mut t, 0x70), 0);
+    }
+
+    fn activate_one_queue(t: &mut MmioTransport) {
+        negotiate(t, 1);
+        write(t, 0x38, 8);
+        for (offset, value) in [(0x80, 0x1000), (0x90, 0x2000), (0xa0, 0x3000)] {
+            write(t, offset, value);
+        }
+        write(t, 0x44, 1);
+        write(t, 0x70, 1 | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    }
+
+    #[test]
+    fn a_saved_transport_is_restored_active_with_its_queues() {
+        let (mut t, _) = transport();
+        activate_one_queue(&mut t);
+        t.interrupt().signal_used();
+        let saved = t.save().unwrap();
+        assert!(saved.active && saved.queues[0].ready && saved.queues[0].size == 8 && saved.interrupt_status == 1);
+        let json = serde_json::to_string(&saved).unwrap();
+
+        let (mut fresh, count) = transport();
+        fresh.restore(0, &serde_json::from_str(&json).unwrap()).unwrap();
+        assert!(fresh.is_active());
+        assert_eq!(count.load(Ordering::SeqCst), 2, "the saved count, plus the restore's activation");
+        assert_eq!(read(&mut fresh, 0x70), saved.status);
+        assert_eq!(read(&mut fresh, 0x60), 1, "the unacknowledged interrupt");
+        let mut again = fresh.save().unwrap();
+        again.device = saved.device.clone();
+        assert_eq!(again, saved);
+    }
+
+    #[test]
+    fn a_state_for_another_device_or_bad_queues_is_refused() {
+        let (mut t, _) = transport();
+        activate_one_queue(&mut t);
+        let saved = t.save().unwrap();
+        let refused = |state: &TransportState| {
+            let (mut fresh, count) = transport();
+            let e = fresh.restore(3, state).unwrap_err().to_string();
+            assert!(!fresh.is_active() && count.load(Ordering::SeqCst) == 0, "nothing restored: {e}");
+            e
+        };
+        let e = refused(&TransportState { device_type: 2, name: "virtio-blk".into(), ..saved.clone() });
+        assert!(e.contains("device 3 of the state is virtio-blk (type 2); this VM's is fake (type 42)"), "{e}");
+        let mut bad = saved.clone();
+        bad.queues[0].size = 7;
+        assert!(refused(&bad).contains("saved queue 0"));
+        let mut bad = saved.clone();
+        bad.queues[0].used_ring = 1 << 40;
+        assert!(refused(&bad).contains("outside guest memory"));
+        let mut bad = saved.clone();
+        bad.queues.push(bad.queues[0]);
+        assert!(refused(&bad).contains("2 queues, the device 1"));
+        let mut bad = saved.clone();
+        bad.driver_features |= 1 << 20;
+        assert!(refused(&bad).contains("not all offered"));
     }
 
     #[test]

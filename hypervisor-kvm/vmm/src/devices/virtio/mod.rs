@@ -16,6 +16,7 @@ pub mod drain;
 pub mod fs;
 pub mod mmio;
 pub mod net;
+pub mod save;
 pub mod vsock;
 #[cfg(test)]
 pub(crate) mod test_driver;
@@ -107,6 +108,14 @@ impl Interrupt {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Sets the status bits of a saved interrupt (a restored VM) and raises the line if any
+    /// is set, so the guest sees what it had not acknowledged.
+    pub fn restore(&self, bits: u32) {
+        if bits != 0 {
+            self.signal(bits);
+        }
+    }
+
     /// `InterruptACK`: clears the acknowledged bits.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
@@ -154,4 +163,16 @@ pub trait VirtioDevice: Send {
     /// Stops serving (driver reset): the worker ends and drops its queues. The device can be
     /// activated again afterwards.
     fn reset(&mut self);
+    /// For a save of the paused VM: the queues as the worker left them (the worker stops and
+    /// starts again on them, so the VM can run on) and the device's own state. A device that
+    /// is not active hands no queues. By default a device cannot be saved.
+    fn save(&mut self) -> Result<save::DeviceSave, save::SaveError> {
+        Err(save::SaveError::Unsupported(self.name()))
+    }
+    /// Takes back the device's own state from a save, before the transport activates it with
+    /// the saved queues (a restored VM). By default a device cannot be restored.
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), save::SaveError> {
+        let _ = state;
+        Err(save::SaveError::Unsupported(self.name()))
+    }
 }

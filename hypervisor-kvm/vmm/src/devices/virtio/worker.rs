@@ -85,17 +85,18 @@ pub fn start_spawner() -> std::io::Result<()> {
     Ok(())
 }
 
-fn spawn_thread<F>(name: &str, body: F) -> std::io::Result<JoinHandle<()>>
+fn spawn_thread<F, T>(name: &str, body: F) -> std::io::Result<JoinHandle<Option<T>>>
 where
-    F: FnOnce() + Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
 {
     let name = name.to_owned();
     let run = move || {
         if let Err(e) = crate::seccomp::apply_device() {
             tracing::error!(error = %e, thread = %std::thread::current().name().unwrap_or("?"), "no seccomp filter: the device does not run");
-            return;
+            return None;
         }
-        body()
+        Some(body())
     };
     let Some(spawner) = SPAWNER.get() else {
         return std::thread::Builder::new().name(name).spawn(run);
@@ -112,18 +113,19 @@ where
 }
 
 /// A running device worker thread; stopping (or dropping) it signals the stop eventfd and
-/// joins the thread.
-pub struct Worker {
+/// joins the thread. `T` is what its body hands back when it ends (a device's queues, for a
+/// save).
+pub struct Worker<T: Send + 'static = ()> {
     stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<T>>>,
 }
 
-impl Worker {
+impl<T: Send + 'static> Worker<T> {
     /// Spawns thread `name` running `body` with a [`Waiter`] that already watches the stop
     /// eventfd: `body` must return once `wait` reports [`STOP_TOKEN`].
     pub fn spawn<F>(name: &str, body: F) -> std::io::Result<Self>
     where
-        F: FnOnce(Waiter) + Send + 'static,
+        F: FnOnce(Waiter) -> T + Send + 'static,
     {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let waiter = Waiter::new(&stop)?;
@@ -136,20 +138,26 @@ impl Worker {
 
     /// Signals the worker to stop and waits for it.
     pub fn stop(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
+        let _ = self.stop_and_take();
+    }
+
+    /// Signals the worker to stop, waits for it and returns what its body handed back: `None`
+    /// when it never ran (no seccomp filter), panicked, or was stopped before.
+    pub fn stop_and_take(&mut self) -> Option<T> {
+        let thread = self.thread.take()?;
         if let Err(e) = self.stop.write(1) {
             tracing::error!(error = %e, "signalling a device worker to stop");
-            return;
+            return None;
         }
-        if thread.join().is_err() {
-            tracing::error!("a device worker panicked");
+        match thread.join() {
+            Ok(out) => out,
+            Err(_) => {
+                tracing::error!("a device worker panicked");
+                None
+            }
         }
     }
-}
 
-impl Worker {
     /// Signals the worker to stop and waits at most `timeout` for it (polling, so the caller
     /// needs no other calls than sleeping): true once it ended and was joined. A worker that
     /// does not end in time (blocked on a backend that does not answer) is detached: it goes
@@ -176,7 +184,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl<T: Send + 'static> Drop for Worker<T> {
     fn drop(&mut self) {
         self.stop();
     }

@@ -32,6 +32,7 @@ pub use self::request::{ID_BYTES, SECTOR_SIZE};
 use self::disk::Disk;
 use self::metrics::BlockMetrics;
 use super::worker::Worker;
+use super::save::{DeviceSave, SaveError};
 use super::{ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::logger::RateLimit;
 
@@ -54,7 +55,7 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_SIZE],
     metrics: Arc<BlockMetrics>,
-    worker: Option<Worker>,
+    worker: Option<Worker<worker::BlockWorker>>,
     complaints: RateLimit,
 }
 
@@ -162,6 +163,25 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         // Dropping the worker stops and joins its thread, which drops the queue.
         self.worker = None;
+    }
+
+    /// The state is the disk's size the guest read: a restored VM needs a disk of that size.
+    fn save(&mut self) -> Result<DeviceSave, SaveError> {
+        let state = serde_json::json!({ "sectors": self.sectors() });
+        let Some(mut worker) = self.worker.take() else { return Ok(DeviceSave { queues: Vec::new(), state }) };
+        let body = worker.stop_and_take().ok_or(SaveError::Worker(NAME))?;
+        let queue = body.queue.state();
+        let worker = Worker::spawn(NAME, move |waiter| body.run(waiter)).map_err(|source| SaveError::Restart { device: NAME, source })?;
+        self.worker = Some(worker);
+        Ok(DeviceSave { queues: vec![queue], state })
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SaveError> {
+        match state.get("sectors").and_then(serde_json::Value::as_u64) {
+            Some(sectors) if sectors == self.sectors() => Ok(()),
+            Some(sectors) => Err(SaveError::State { device: NAME, what: format!("the saved disk had {sectors} sectors; this one has {}", self.sectors()) }),
+            None => Err(SaveError::State { device: NAME, what: format!("{state} is not a block device's state") }),
+        }
     }
 }
 
@@ -280,6 +300,35 @@ mod device_tests {
         assert!(wait_for_interrupt(&irq), "no interrupt within 10 s after a reset");
         assert_eq!(driver.used(), [(0, 513)]);
         assert_eq!(BlockMetrics::get(&blk.metrics().reads), 2);
+    }
+
+    #[test]
+    fn a_save_hands_the_queue_indexes_and_the_device_serves_on() {
+        let mem = memory();
+        let img = image(8);
+        let mut blk = Block::new(img.path(), false, "vda").unwrap();
+        let idle = blk.save().unwrap();
+        assert!(idle.queues.is_empty() && idle.state == serde_json::json!({"sectors": 8}), "an inactive device hands no queues");
+        let mut driver = Driver::new(&mem);
+        header(&mem, 0x1000, VIRTIO_BLK_T_IN, 1);
+        let (act, queue_evt, irq) = activation(&blk, &driver, &mem);
+        blk.activate(act).unwrap();
+        driver.add(&[(0x1000, 16, R), (0x2000, 512, W), (0x3000, 1, W)]);
+        queue_evt.write(1).unwrap();
+        assert!(wait_for_interrupt(&irq), "no interrupt within 10 s");
+
+        let saved = blk.save().unwrap();
+        assert_eq!(saved.queues.len(), 1);
+        assert_eq!((saved.queues[0].next_avail, saved.queues[0].next_used, saved.queues[0].ready), (1, 1, true));
+        // The worker runs again on the same queue.
+        driver.add(&[(0x1000, 16, R), (0x2000, 512, W), (0x3000, 1, W)]);
+        queue_evt.write(1).unwrap();
+        assert!(wait_for_interrupt(&irq), "no interrupt within 10 s after the save");
+        assert_eq!(driver.used().len(), 2);
+        blk.restore(&saved.state).unwrap();
+        assert!(blk.restore(&serde_json::json!({"x": 1})).is_err());
+        let e = blk.restore(&serde_json::json!({"sectors": 9})).unwrap_err().to_string();
+        assert!(e.contains("the saved disk had 9 sectors; this one has 8"), "{e}");
     }
 
     #[test]

@@ -28,11 +28,12 @@ pub(super) struct BlockWorker {
 }
 
 impl BlockWorker {
-    /// The thread body: returns when the stop eventfd fires (or epoll fails).
-    pub fn run(mut self, mut waiter: Waiter) {
+    /// The thread body: returns itself (its queue, for a save) when the stop eventfd fires
+    /// (or epoll fails).
+    pub fn run(mut self, mut waiter: Waiter) -> Self {
         if let Err(e) = waiter.add(self.queue_evt.as_raw_fd(), QUEUE_TOKEN, EventSet::IN) {
             tracing::error!(device = super::NAME, error = %e, "watching the queue eventfd; the device is dead");
-            return;
+            return self;
         }
         let mut log = RateLimit::default();
         // Whatever is already available (say, after a notification that came while the
@@ -43,11 +44,11 @@ impl BlockWorker {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::error!(device = super::NAME, error = %e, "waiting for events; the device is dead");
-                    return;
+                    return self;
                 }
             };
             if events.iter().any(|&(token, _)| token == STOP_TOKEN) {
-                return;
+                return self;
             }
             if events.iter().any(|&(token, _)| token == QUEUE_TOKEN) {
                 // EAGAIN (nothing to read) is harmless: the queue is served below anyway.

@@ -146,6 +146,36 @@ struct PortState {
     guest_open: bool,
 }
 
+/// One port's control state in a save: what the driver was told and did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedPort {
+    /// Its name (a restored console must have the same ports in the same order).
+    pub name: String,
+    /// `DEVICE_ADD` not sent yet.
+    pub add_pending: bool,
+    /// `DEVICE_ADD` sent.
+    pub added: bool,
+    /// The driver answered `PORT_READY 1`.
+    pub ready: bool,
+    /// `PORT_NAME` not sent yet.
+    pub name_pending: bool,
+    /// The last `PORT_OPEN` the driver got said a host was connected.
+    pub guest_sees_host: bool,
+    /// A guest process has the port open.
+    pub guest_open: bool,
+}
+
+/// The control state in a save.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedControl {
+    /// The driver sent `DEVICE_READY 1`.
+    pub device_ready: bool,
+    /// The named ports, ids 1..=N.
+    pub ports: Vec<SavedPort>,
+}
+
 /// The control state of one activation: the driver's view of each named port.
 #[derive(Debug)]
 pub struct ControlState {
@@ -168,6 +198,51 @@ impl ControlState {
             device_ready: false,
             ports: names.iter().map(|n| PortState { name: n.clone(), ..PortState::default() }).collect(),
         }
+    }
+
+    /// The state to save.
+    pub fn save(&self) -> SavedControl {
+        let ports = self
+            .ports
+            .iter()
+            .map(|p| SavedPort {
+                name: p.name.clone(),
+                add_pending: p.add_pending,
+                added: p.added,
+                ready: p.ready,
+                name_pending: p.name_pending,
+                guest_sees_host: p.guest_sees_host,
+                guest_open: p.guest_open,
+            })
+            .collect();
+        SavedControl { device_ready: self.device_ready, ports }
+    }
+
+    /// The state of a restored console with ports `names`: as saved, but no host is
+    /// connected (the saved VM's host connections are gone), so a port whose driver was told a
+    /// host is there gets `PORT_OPEN 0` first, as after a hang-up. `Err` says why the saved
+    /// ports are not these.
+    pub fn restored(saved: &SavedControl, names: &[String]) -> Result<Self, String> {
+        let saved_names: Vec<&str> = saved.ports.iter().map(|p| p.name.as_str()).collect();
+        if saved_names != names.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(format!("the saved ports are {saved_names:?}; this console's are {names:?}"));
+        }
+        let ports = saved
+            .ports
+            .iter()
+            .map(|p| PortState {
+                name: p.name.clone(),
+                add_pending: p.add_pending,
+                added: p.added,
+                ready: p.ready,
+                name_pending: p.name_pending,
+                open_pending: p.ready && p.guest_sees_host,
+                guest_sees_host: p.guest_sees_host,
+                host_connected: false,
+                guest_open: p.guest_open,
+            })
+            .collect();
+        Ok(Self { device_ready: saved.device_ready, ports })
     }
 
     /// `max_nr_ports` of the config space: the named ports plus port 0.
@@ -323,6 +398,30 @@ impl ControlState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restored_port_whose_host_was_there_is_told_it_left() {
+        let names = vec!["agent.0".to_owned(), "agent.1".to_owned()];
+        let mut c = ControlState::new(&names);
+        c.handle(&msg(0xffff_ffff, DEVICE_READY, 1)).unwrap();
+        for id in [1, 2] {
+            c.mark_sent(Outgoing::Add(id));
+            c.handle(&msg(id, PORT_READY, 1)).unwrap();
+            c.mark_sent(Outgoing::Name(id));
+        }
+        c.set_host_connected(1, true);
+        c.mark_sent(Outgoing::Open(1, true));
+        c.handle(&msg(1, PORT_OPEN, 1)).unwrap();
+        assert!(c.rx_allowed(1));
+        let saved = c.save();
+        let json = serde_json::to_string(&saved).unwrap();
+        let back = ControlState::restored(&serde_json::from_str(&json).unwrap(), &names).unwrap();
+        assert_eq!(back.next_outgoing(), Some(Outgoing::Open(1, false)), "port 1's host is gone");
+        assert!(back.guest_open(1) && !back.rx_allowed(1) && !back.can_accept(1));
+        assert_eq!(back.save().ports[1], saved.ports[1]);
+        let e = ControlState::restored(&saved, &names[..1]).unwrap_err();
+        assert!(e.contains("agent.1"), "{e}");
+    }
 
     fn msg(id: u32, event: u16, value: u16) -> [u8; 8] {
         ControlMsg { id, event, value }.to_bytes()

@@ -41,6 +41,7 @@ use virtio_queue::QueueT;
 use self::host::{HostError, HostPort};
 use self::metrics::ConsoleMetrics;
 use self::worker::{Engine, HostSlot};
+use super::save::{DeviceSave, SaveError};
 use super::worker::Worker;
 use super::{ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::logger::RateLimit;
@@ -116,7 +117,9 @@ pub struct Console {
     names: Vec<String>,
     queue_sizes: Vec<u16>,
     hosts: HostSlot,
-    worker: Option<Worker>,
+    worker: Option<Worker<Engine>>,
+    /// A restore's control state, for the next activation.
+    restored: Option<control::SavedControl>,
     metrics: Arc<ConsoleMetrics>,
     complaints: RateLimit,
 }
@@ -155,6 +158,7 @@ impl Console {
             queue_sizes: vec![QUEUE_SIZE; 4 + 2 * ports.len()],
             hosts: Arc::new(Mutex::new(hosts)),
             worker: None,
+            restored: None,
             metrics: Arc::new(ConsoleMetrics::new(ports.len())),
             complaints: RateLimit::default(),
         })
@@ -250,6 +254,10 @@ impl VirtioDevice for Console {
             self.hosts.clone(),
             self.metrics.clone(),
         );
+        let engine = match self.restored.take() {
+            Some(saved) => engine.with_control(control::ControlState::restored(&saved, &self.names).map_err(Self::bad_queues)?),
+            None => engine,
+        };
         // If the spawn fails the engine is dropped in the closure and the sockets go back.
         let worker = Worker::spawn("virtio-console", move |waiter| worker::run(engine, waiter))
             .map_err(|source| ActivateError::Worker { device: "virtio-console", source })?;
@@ -263,5 +271,33 @@ impl VirtioDevice for Console {
         if let Some(mut worker) = self.worker.take() {
             worker.stop();
         }
+    }
+
+    /// The state is the control state: which ports the driver added, readied and opened.
+    fn save(&mut self) -> Result<DeviceSave, SaveError> {
+        let Some(mut worker) = self.worker.take() else {
+            return Ok(DeviceSave { queues: Vec::new(), state: serde_json::Value::Null });
+        };
+        let engine = worker.stop_and_take().ok_or(SaveError::Worker("virtio-console"))?;
+        let saved = engine.save();
+        // The engine serves on whatever the save's verdict.
+        let worker = Worker::spawn("virtio-console", move |waiter| worker::run(engine, waiter)).map_err(|source| SaveError::Restart { device: "virtio-console", source })?;
+        self.worker = Some(worker);
+        let (queues, control) = saved.map_err(|what| SaveError::State { device: "virtio-console", what })?;
+        let state = serde_json::to_value(control).map_err(|e| SaveError::State { device: "virtio-console", what: e.to_string() })?;
+        Ok(DeviceSave { queues, state })
+    }
+
+    /// Keeps the saved control state for the activation that follows (a console never
+    /// activated saves `null`: nothing to keep).
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SaveError> {
+        if state.is_null() {
+            self.restored = None;
+            return Ok(());
+        }
+        let saved: control::SavedControl = serde_json::from_value(state.clone()).map_err(|e| SaveError::State { device: "virtio-console", what: format!("{state} is not a console's state: {e}") })?;
+        control::ControlState::restored(&saved, &self.names).map_err(|what| SaveError::State { device: "virtio-console", what })?;
+        self.restored = Some(saved);
+        Ok(())
     }
 }

@@ -371,12 +371,35 @@ impl Drop for Engine {
     }
 }
 
-/// The worker thread's body: serves until the stop eventfd fires.
-pub fn run(mut engine: Engine, mut waiter: Waiter) {
+impl Engine {
+    /// Replaces the control state (a restored console's).
+    pub fn with_control(mut self, control: ControlState) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// The queues and control state for a save; refused while a guest write waits for its
+    /// host (its descriptor chain is the device's and cannot be handed back).
+    pub fn save(&self) -> Result<(Vec<virtio_queue::QueueState>, super::control::SavedControl), String> {
+        if let Some(p) = self.links.iter().position(|l| l.pending.is_some()) {
+            return Err(format!("port {} has a guest write waiting for its host; save again once it drained", p + 1));
+        }
+        Ok((self.queues.iter().map(Queue::state).collect(), self.control.save()))
+    }
+}
+
+/// The worker thread's body: serves until the stop eventfd fires, then hands the engine back
+/// (for a save; dropping it puts the sockets back).
+pub fn run(mut engine: Engine, mut waiter: Waiter) -> Engine {
+    // A new waiter watches nothing yet (an engine that ran before, say until a save, had its
+    // sockets on another one).
+    for link in &mut engine.links {
+        (link.listener_reg, link.stream_reg) = (None, None);
+    }
     for (q, evt) in engine.evts.iter().enumerate() {
         if let Err(e) = waiter.add(std::os::fd::AsRawFd::as_raw_fd(evt), q as u64, EventSet::IN) {
             tracing::error!(device = "virtio-console", queue = q, error = %e, "watching a queue eventfd");
-            return;
+            return engine;
         }
     }
     // Whatever the driver queued before activation.
@@ -391,12 +414,12 @@ pub fn run(mut engine: Engine, mut waiter: Waiter) {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(device = "virtio-console", error = %e, "epoll wait failed; the device stops");
-                return;
+                return engine;
             }
         };
         for (token, set) in events {
             if token == STOP_TOKEN {
-                return;
+                return engine;
             }
             engine.handle(token, set);
         }

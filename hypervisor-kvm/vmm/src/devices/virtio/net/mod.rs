@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::metrics::NetMetrics;
 use self::tap::{Tap, TapError};
-use super::worker::Worker;
+use super::save::{DeviceSave, SaveError};
 use super::{ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::logger::RateLimit;
 
@@ -53,6 +53,22 @@ pub enum NetError {
     /// No random bytes for a MAC.
     #[error("generating a random MAC")]
     RandomMac(#[source] std::io::Error),
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes, or `None` when it is not that.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return None;
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
 }
 
 /// Formats a MAC as `52:54:00:12:34:56`.
@@ -115,8 +131,15 @@ pub struct Net {
     tap: Tap,
     config: [u8; CONFIG_LEN],
     metrics: Arc<NetMetrics>,
-    worker: Option<Worker>,
+    worker: Option<worker::NetWorkerThread<Tap>>,
     complaints: RateLimit,
+}
+
+/// What a save keeps of a net device: the MAC address the guest read at probe time.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetState {
+    mac: String,
 }
 
 impl Net {
@@ -216,6 +239,26 @@ impl VirtioDevice for Net {
         if let Some(mut worker) = self.worker.take() {
             worker.stop();
         }
+    }
+
+    fn save(&mut self) -> Result<DeviceSave, SaveError> {
+        let state = serde_json::to_value(NetState { mac: format_mac(&self.mac()) }).unwrap_or_default();
+        let Some(mut worker) = self.worker.take() else { return Ok(DeviceSave { queues: Vec::new(), state }) };
+        let ctx = worker.stop_and_take().flatten().ok_or(SaveError::Worker(NAME))?;
+        let queues = vec![ctx.rx_queue.state(), ctx.tx_queue.state()];
+        let worker = worker::spawn(NAME, ctx).map_err(|source| SaveError::Restart { device: NAME, source })?;
+        self.worker = Some(worker);
+        Ok(DeviceSave { queues, state })
+    }
+
+    /// The guest keeps the MAC it read: the restored device takes it over, whatever
+    /// `--net mac=` said.
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SaveError> {
+        let bad = |what: String| SaveError::State { device: NAME, what };
+        let saved: NetState = serde_json::from_value(state.clone()).map_err(|e| bad(format!("{state} is not a net device's state: {e}")))?;
+        let mac = parse_mac(&saved.mac).ok_or_else(|| bad(format!("saved MAC {:?} is not aa:bb:cc:dd:ee:ff", saved.mac)))?;
+        self.config[..6].copy_from_slice(&mac);
+        Ok(())
     }
 }
 

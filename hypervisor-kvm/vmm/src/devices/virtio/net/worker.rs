@@ -42,8 +42,11 @@ pub struct Context<T> {
     pub metrics: Arc<NetMetrics>,
 }
 
+/// The running worker: it hands its context back when it stops (for a save).
+pub type NetWorkerThread<T> = Worker<Option<Context<T>>>;
+
 /// Starts the worker thread `name`; returns once it watches its file descriptors.
-pub fn spawn<T>(name: &str, ctx: Context<T>) -> io::Result<Worker>
+pub fn spawn<T>(name: &str, ctx: Context<T>) -> io::Result<NetWorkerThread<T>>
 where
     T: Frames + AsRawFd + Send + 'static,
 {
@@ -53,9 +56,7 @@ where
         let ok = setup.is_ok();
         // The receiver waits below; it is gone only if `spawn` itself is gone.
         let _ = ready_tx.send(setup);
-        if ok {
-            NetWorker::new(ctx).run(waiter);
-        }
+        ok.then(|| NetWorker::new(ctx).run(waiter))
     })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(worker),
@@ -91,7 +92,9 @@ impl<T: Frames + AsRawFd> NetWorker<T> {
         }
     }
 
-    fn run(mut self, mut waiter: Waiter) {
+    /// Serves until stopped; hands the context back (a frame the guest had no room for yet
+    /// is dropped, as a full NIC would).
+    fn run(mut self, mut waiter: Waiter) -> Context<T> {
         let (mut tx_more, mut rx_more) = (false, false);
         loop {
             let timeout = if tx_more || rx_more { 0 } else { -1 };
@@ -99,13 +102,13 @@ impl<T: Frames + AsRawFd> NetWorker<T> {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::error!(device = "virtio-net", error = %e, "waiting for events; the device stops");
-                    return;
+                    return self.ctx;
                 }
             };
             let (mut tx_kick, mut rx_kick) = (tx_more, rx_more);
             for (token, _) in events {
                 match token {
-                    STOP_TOKEN => return,
+                    STOP_TOKEN => return self.ctx,
                     RX_QUEUE => {
                         // A non-blocking eventfd already read to zero is fine.
                         let _ = self.ctx.rx_evt.read();

@@ -39,6 +39,7 @@ use self::metrics::VsockMetrics;
 use self::muxer::{Limits, Muxer};
 use self::queue::QueueHandler;
 use self::worker::VsockWorker;
+use super::save::{DeviceSave, SaveError};
 use super::worker::Worker;
 use super::{ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::logger::RateLimit;
@@ -82,7 +83,9 @@ pub struct Vsock {
     socket_id: Option<(u64, u64)>,
     limits: Limits,
     metrics: Arc<VsockMetrics>,
-    worker: Option<Worker>,
+    worker: Option<Worker<VsockWorker>>,
+    /// Restored from a save: the next activation tells the guest its connections are gone.
+    restored: bool,
     complaints: RateLimit,
 }
 
@@ -113,6 +116,7 @@ impl Vsock {
             limits: Limits::default(),
             metrics: Arc::new(VsockMetrics::default()),
             worker: None,
+            restored: false,
             complaints: RateLimit::default(),
         })
     }
@@ -199,6 +203,7 @@ impl VirtioDevice for Vsock {
             interrupt,
             muxer,
             handler: QueueHandler::new(self.metrics.clone()),
+            reset_event: std::mem::take(&mut self.restored),
         };
         let thread = Worker::spawn("virtio-vsock", move |waiter| worker.run(waiter)).map_err(worker_err)?;
         self.worker = Some(thread);
@@ -209,6 +214,31 @@ impl VirtioDevice for Vsock {
         // Stopping the worker drops the muxer: every host stream is closed.
         if let Some(mut worker) = self.worker.take() {
             worker.stop();
+        }
+    }
+
+    /// The state is the guest CID the guest read. The worker goes on with its host streams.
+    fn save(&mut self) -> Result<DeviceSave, SaveError> {
+        let state = serde_json::json!({ "guest_cid": self.guest_cid });
+        let Some(mut worker) = self.worker.take() else { return Ok(DeviceSave { queues: Vec::new(), state }) };
+        let body = worker.stop_and_take().ok_or(SaveError::Worker("virtio-vsock"))?;
+        let queues = vec![body.rxq.state(), body.txq.state(), body.evq.state()];
+        let worker = Worker::spawn("virtio-vsock", move |waiter| body.run(waiter)).map_err(|source| SaveError::Restart { device: "virtio-vsock", source })?;
+        self.worker = Some(worker);
+        Ok(DeviceSave { queues, state })
+    }
+
+    /// The guest keeps the CID it read, so the clone's device must have it too; the host
+    /// streams of the saved VM are gone: the activation that follows sends the guest a
+    /// transport reset, and the guest's listeners (the agent's) take new connections.
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), SaveError> {
+        match state.get("guest_cid").and_then(serde_json::Value::as_u64) {
+            Some(cid) if cid == self.guest_cid => {
+                self.restored = true;
+                Ok(())
+            }
+            Some(cid) => Err(SaveError::State { device: "virtio-vsock", what: format!("the saved guest CID is {cid}; this device's is {} (--vsock cid=)", self.guest_cid) }),
+            None => Err(SaveError::State { device: "virtio-vsock", what: format!("{state} is not a vsock device's state") }),
         }
     }
 }

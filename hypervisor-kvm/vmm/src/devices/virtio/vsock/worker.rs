@@ -43,8 +43,12 @@ pub struct VsockWorker {
     pub rxq: Queue,
     /// The tx queue (guest to host).
     pub txq: Queue,
-    /// The event queue: its buffers are kept, no event is ever sent.
+    /// The event queue: its buffers are kept; the only event sent is a transport reset, once,
+    /// when the device was restored from a save.
     pub evq: Queue,
+    /// Send `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` first (a restored VM: the connections the
+    /// guest had are gone with the saved VM's host side).
+    pub reset_event: bool,
     /// Queue eventfds, in queue order.
     pub evts: Vec<EventFd>,
     /// The device's interrupt.
@@ -72,14 +76,46 @@ fn timeout_ms(deadline: Option<Instant>, now: Instant) -> i32 {
     }
 }
 
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the guest drops its connections, keeps its
+/// listeners, and reads the guest CID again.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
 impl VsockWorker {
-    /// Serves the device until `waiter` reports [`STOP_TOKEN`] (or epoll itself fails).
-    pub fn run(mut self, mut waiter: Waiter) {
+    /// Puts a transport reset event in the guest's first event buffer.
+    fn send_transport_reset(&mut self) {
+        use vm_memory::Bytes;
+        let Some(chain) = self.evq.pop_descriptor_chain(&self.mem) else {
+            tracing::warn!("virtio-vsock: no event buffer for the transport reset of a restored VM; its connections stay until they time out");
+            return;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .clone()
+            .find(|d| d.is_write_only() && d.len() >= 4)
+            .map(|d| self.mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr()).is_ok())
+            .unwrap_or(false);
+        let len = if written { 4 } else { 0 };
+        if !written {
+            tracing::warn!("virtio-vsock: the event buffer cannot hold an event; no transport reset sent");
+        }
+        if let Err(e) = self.evq.add_used(&self.mem, head, len) {
+            tracing::warn!(error = ?e, "virtio-vsock: returning the event buffer");
+        }
+        self.interrupt.signal_used();
+        tracing::info!("virtio-vsock: transport reset sent to the restored guest");
+    }
+
+    /// Serves the device until `waiter` reports [`STOP_TOKEN`] (or epoll itself fails); hands
+    /// itself back (its queues, for a save).
+    pub fn run(mut self, mut waiter: Waiter) -> Self {
         for (token, evt) in (0u64..).zip(&self.evts) {
             if let Err(e) = waiter.add(evt.as_raw_fd(), token, EventSet::IN) {
                 tracing::error!(error = %e, "virtio-vsock: watching a queue eventfd");
-                return;
+                return self;
             }
+        }
+        if std::mem::take(&mut self.reset_event) {
+            self.send_transport_reset();
         }
         tracing::debug!(cid = self.muxer.guest_cid(), event_queue = self.evq.size(), "virtio-vsock worker started");
         let (mut tx_more, mut rx_more) = (false, false);
@@ -90,13 +126,13 @@ impl VsockWorker {
                 Ok(ready) => ready,
                 Err(e) => {
                     tracing::error!(error = %e, "virtio-vsock: epoll wait failed, the device stops");
-                    return;
+                    return self;
                 }
             };
             let (mut kick_tx, mut kick_rx) = (tx_more, rx_more);
             for (token, events) in ready {
                 match token {
-                    STOP_TOKEN => return,
+                    STOP_TOKEN => return self,
                     RX_TOKEN => {
                         drain(self.evts.first());
                         kick_rx = true;
