@@ -27,6 +27,16 @@ pub enum Network {
     Tap(String),
 }
 
+/// As the config writes it (`"none"`, `"tap:<name>"`): a template's descriptor records it.
+impl serde::Serialize for Network {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Network::None => s.serialize_str("none"),
+            Network::Tap(name) => s.serialize_str(&format!("tap:{name}")),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Network {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;

@@ -4,6 +4,9 @@ use hypervisor_framework::dir::Layout;
 
 /// The hybrid-vsock socket in the VM directory.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// Where the vmm of a VM with a RAM file saves its state (its `--state-file`), in the VM
+/// directory.
+pub const VM_STATE_FILE: &str = "vmm-state.json";
 /// The vmm's stderr (and stdout) in the VM directory.
 pub const LOG: &str = "vmm.log";
 

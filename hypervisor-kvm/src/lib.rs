@@ -17,6 +17,11 @@
 //!   `serial:<dir>/agent-<N>.sock` for every port.
 //! - `HypervisorConfig.extra` must be `null` or `{}`: this plugin has no per-VM settings.
 //!
+//! - Templates ([`template`]): a VM created with a `memory_file` gets a `--state-file`;
+//!   `save_template` has the paused vmm save its state and copies it into the template
+//!   directory (descriptor `kvm-template/1`); `create_from_template` makes a vmm that
+//!   `--restore`s it with the RAM file mapped private.
+//!
 //! Creating a VM and the vmm's command line are in [`vm`], its errors in [`error`]; starting, stopping, pausing,
 //! resuming and the status are [`hypervisor_framework::ops`], over this plugin's hooks in [`control`].
 
@@ -25,6 +30,7 @@ pub mod control;
 pub mod error;
 pub mod layout;
 pub mod state;
+pub mod template;
 pub mod vm;
 
 use config::KvmConfig;
@@ -86,6 +92,14 @@ impl VmOps for KvmConfig {
 
     fn agent_endpoint(&self, state: &VmState) -> Result<Vec<AgentEndpoint>, KvmError> {
         vm::agent_endpoint(state)
+    }
+
+    fn save_template(&self, state: &VmState, dir: &std::path::Path) -> Result<Vec<u8>, KvmError> {
+        template::save_template(state, dir, &self.network)
+    }
+
+    fn create_from_template(&self, sandbox_id: &str, template: &[u8], config: &HypervisorConfig) -> Result<VmState, KvmError> {
+        template::create_from_template(&self.run_dir, sandbox_id, template, config)
     }
 }
 
@@ -208,18 +222,28 @@ mod tests {
         std::fs::write(&c.kernel, bzimage).unwrap();
         hv.create_vm("sb1", &c).expect("a bzImage is accepted");
 
-        // RAM in a file: the vmm maps it shared (the plugin cannot save templates yet).
+        // RAM in a file: the vmm maps it shared and has a state file for a save.
         let mut c = config(tmp.path());
         c.memory_file = Some(tmp.path().join("memory"));
         let blob = hv.create_vm("sb1", &c).expect("a VM with its RAM in a file");
-        let argv = VmState::decode(&blob).unwrap().argv;
+        let state = VmState::decode(&blob).unwrap();
+        let argv = &state.argv;
         let at = argv.iter().position(|a| a == "--memory-file").expect("--memory-file");
         assert_eq!(argv[at + 1], tmp.path().join("memory").canonicalize().unwrap_or(tmp.path().join("memory")).display().to_string());
+        assert!(argv.iter().any(|a| a == "--state-file"), "{argv:?}");
+        assert_eq!(state.fields.template.as_ref(), Some(&c));
         let template_dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(template_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let e = hv.save_template(&blob, template_dir.path().to_str().unwrap()).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::UNSUPPORTED, "{e}");
+        assert!(e.kind == ErrorKind::INVALID_INPUT && e.message.contains("only a paused VM can"), "{e}");
         hv.stop_vm(&blob).unwrap();
+        // A VM without a RAM file cannot be a template; a descriptor that is not one is refused.
+        let blob = hv.create_vm("sb1", &config(tmp.path())).unwrap();
+        let e = hv.save_template(&blob, template_dir.path().to_str().unwrap()).unwrap_err();
+        assert!(e.message.contains("memory_file"), "{e}");
+        hv.stop_vm(&blob).unwrap();
+        let e = hv.create_from_template("sb2", br#"{"schema": "qemu-template/1"}"#, &config(tmp.path())).unwrap_err();
+        assert!(e.kind == ErrorKind::INVALID_INPUT && e.message.contains("kvm VM template"), "{e}");
 
         let e = hv.create_vm(".x", &config(tmp.path())).unwrap_err();
         assert!(

@@ -35,6 +35,10 @@ pub struct KvmFields {
     pub agent_ports: u32,
     /// Whether the VM has a vsock device (hybrid vsock on `<dir>/vsock.sock`).
     pub vsock: bool,
+    /// For a VM created with a `memory_file` (one a template can be saved from): the config
+    /// it was created with, which every clone of it must ask for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<plugin_api::hypervisor::HypervisorConfig>,
 }
 
 impl VmFields for KvmFields {
@@ -72,6 +76,7 @@ mod tests {
             fields: KvmFields {
                 agent_ports: 4,
                 vsock: true,
+                template: None,
             },
             lifecycle: Lifecycle::Running,
             pid: Some(4242),

@@ -46,6 +46,9 @@ pub struct VmArgs<'a> {
     pub network: &'a Network,
     /// The checked VM config.
     pub spec: &'a VmSpec,
+    /// A template's saved state: the vmm restores it (`--restore`, the RAM file mapped
+    /// private) instead of booting the kernel.
+    pub restore: Option<&'a Path>,
 }
 
 /// The vmm's full argv, the binary first. It starts paused (`start_vm` checks the API, then
@@ -53,10 +56,15 @@ pub struct VmArgs<'a> {
 pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     let s = a.spec;
     let mut argv = Argv::new(a.vmm);
-    argv.path("--kernel", &s.kernel);
-    argv.opt_path("--initrd", s.initrd.as_deref());
-    let cmdline = agent::kernel_cmdline(a.agent_ports, a.vsock, KERNEL_PARAMS, &s.kernel_params);
-    argv.push(&["--cmdline", &cmdline]);
+    match a.restore {
+        Some(state) => argv.path("--restore", state),
+        None => {
+            argv.path("--kernel", &s.kernel);
+            argv.opt_path("--initrd", s.initrd.as_deref());
+            let cmdline = agent::kernel_cmdline(a.agent_ports, a.vsock, KERNEL_PARAMS, &s.kernel_params);
+            argv.push(&["--cmdline", &cmdline]);
+        }
+    }
     argv.push(&[
         "--memory-mib",
         &s.memory_mib.to_string(),
@@ -66,6 +74,10 @@ pub fn build(a: &VmArgs<'_>) -> Vec<String> {
     let console = s.console_log.as_deref().unwrap_or(Path::new("/dev/null"));
     argv.path("--console-log", console);
     argv.opt_path("--memory-file", s.memory_file.as_deref());
+    if s.memory_file.is_some() && a.restore.is_none() {
+        // A VM a template can be saved from: where the vmm's `save` writes.
+        argv.path("--state-file", &a.dir.file(crate::layout::VM_STATE_FILE));
+    }
     argv.path("--api-socket", &a.dir.control_socket());
     argv.push(&["--paused"]);
     for d in &s.disks {
@@ -136,12 +148,14 @@ pub fn create_vm(
         vsock: config.vsock,
         network: &config.network,
         spec: &spec,
+        restore: None,
     };
     let argv = build(&args);
     debug!(sandbox_id, ?argv, "vmm command line");
     let fields = KvmFields {
         agent_ports: config.agent_ports,
         vsock: config.vsock,
+        template: spec.memory_file.is_some().then(|| hv.clone()),
     };
     Ok(VmState::created(
         sandbox_id,

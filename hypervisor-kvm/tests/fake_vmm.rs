@@ -263,6 +263,7 @@ fn the_vmm_command_line() {
         vsock: true,
         network: &tap,
         spec: &spec,
+        restore: None,
     };
     let a = vm::build(&args);
     let has = |pair: [&str; 2]| a.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1]);

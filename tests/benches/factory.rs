@@ -15,7 +15,7 @@
 use factory_cache as _;
 use hypervisor_kvm as _;
 use hypervisor_qemu as _;
-use integration_tests::qemu::{qemu_available, GuestImage};
+use integration_tests::qemu::GuestImage;
 use integration_tests::factories::{line, run_to_output, wait_warm};
 use integration_tests::sandbox::{sandbox, Hypervisor, TestRuntime};
 use std::time::{Duration, Instant};
@@ -51,23 +51,10 @@ async fn raw_handouts(image: &GuestImage, hv: Hypervisor, cache: &str) -> (Vec<f
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list") {
+    if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let hv = match args.iter().position(|a| a == "--hypervisor").map(|i| args.get(i + 1).map(String::as_str)) {
-        None | Some(Some("qemu")) => Hypervisor::Qemu,
-        Some(Some("kvm")) => Hypervisor::Kvm,
-        Some(other) => {
-            eprintln!("factory: --hypervisor takes qemu or kvm, not {other:?}");
-            std::process::exit(2);
-        }
-    };
-    let ready = hv.image_or_skip().filter(|_| hv == Hypervisor::Kvm || qemu_available());
-    let Some(image) = ready else {
-        eprintln!("factory: needs `cargo xtask guest`, and qemu-system-x86_64 (qemu) or a /dev/kvm with vmx/svm and root (kvm)");
-        std::process::exit(1);
-    };
+    let (hv, image) = integration_tests::factories::bench_target("factory");
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     let cache = format!("[factory]\nplugin = \"cache\"\nsize = 1\ndisks = [{{ name = \"rootfs\", path = {:?} }}]\n", image.rootfs);
     let (mut cold, mut warm, mut handout, mut raw, mut first_call) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -1,28 +1,28 @@
-//! The `template` VM factory's figures, side by side in one run, on QEMU (TCG here; our vmm
-//! cannot save templates yet), 5 of each (median, min, max):
+//! The `template` VM factory's figures, side by side in one run, on QEMU (TCG here) or, with
+//! `-- --hypervisor kvm`, on our vmm (in the nested L1 here: `cargo xtask nested-bench
+//! --template`), 5 of each (median, min, max):
 //!
 //! 1. to agent-ready: a cold boot (the `new` factory's `new_vm`, then the agent's first
 //!    answer) against a clone (the `template` factory's `new_vm`, then the same);
 //! 2. RunSandbox to the container's first output line from `new`, from `template`, and from a
 //!    warm `cache` over `template`;
 //! 3. memory: the sum of the PSS of ten idle clones against ten idle cold-booted VMs of the same
-//!    size (every agent answered, then 3 s idle).
+//!    size (every agent answered, then 3 s idle); four of each on kvm, whose nested L1 has one
+//!    vCPU and 4 GiB.
 //!
 //! The template is made first (timed once, not part of the runs). Run: `cargo bench -p
 //! integration-tests --bench template` (or `cargo xtask bench`), after `cargo xtask guest`.
 
 use factory_cache as _;
 use factory_template as _;
+use hypervisor_kvm as _;
 use hypervisor_qemu as _;
 use integration_tests::factories::{line, pid_of, pss_kib, run_to_output, wait_warm, with_factory, Direct};
-use integration_tests::qemu::qemu_available;
 use integration_tests::sandbox::{Hypervisor, TestRuntime};
 use std::time::{Duration, Instant};
 use storage_fs as _;
 
 const RUNS: usize = 5;
-/// How many VMs the memory figure holds at once, of each kind.
-const MANY: usize = 10;
 const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `RUNS` times: `new_vm` from `d`'s factory, then its agent's first answer; seconds each.
@@ -41,10 +41,10 @@ fn to_agent_ready(d: &Direct<'_>, what: &str, handle: &tokio::runtime::Handle) -
         .collect()
 }
 
-/// `MANY` VMs from `d`'s factory at once, every agent answering, then idle: the sum of their
+/// `many` VMs from `d`'s factory at once, every agent answering, then idle: the sum of their
 /// VMMs' PSS, in MiB.
-fn pss_of_many(d: &Direct<'_>, what: &str, handle: &tokio::runtime::Handle) -> f64 {
-    let blobs: Vec<Vec<u8>> = (0..MANY).map(|n| d.factory.new_vm(d.hypervisor.raw(), &format!("{what}-many{n}"), &d.vm).expect("new_vm")).collect();
+fn pss_of_many(d: &Direct<'_>, what: &str, many: usize, handle: &tokio::runtime::Handle) -> f64 {
+    let blobs: Vec<Vec<u8>> = (0..many).map(|n| d.factory.new_vm(d.hypervisor.raw(), &format!("{what}-many{n}"), &d.vm).expect("new_vm")).collect();
     let began = Instant::now();
     handle.block_on(async {
         let mut waits = tokio::task::JoinSet::new();
@@ -56,7 +56,7 @@ fn pss_of_many(d: &Direct<'_>, what: &str, handle: &tokio::runtime::Handle) -> f
             done.expect("a wait").expect("every agent answers");
         }
     });
-    eprintln!("template bench: {MANY} {what} VMs agent-ready after {:.1} s", began.elapsed().as_secs_f64());
+    eprintln!("template bench: {many} {what} VMs agent-ready after {:.1} s", began.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_secs(3));
     let kib: u64 = blobs.iter().map(|b| pss_kib(pid_of(b))).sum();
     for blob in &blobs {
@@ -69,12 +69,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let hv = Hypervisor::Qemu;
-    let Some(image) = hv.image_or_skip().filter(|_| qemu_available()) else {
-        eprintln!("template: needs `cargo xtask guest` and qemu-system-x86_64");
-        std::process::exit(1);
+    let (hv, image) = integration_tests::factories::bench_target("template");
+    // How many VMs the memory figure holds at once, of each kind.
+    let many: usize = if hv == Hypervisor::Kvm { 4 } else { 10 };
+    // The template's RAM on a tmpfs: /dev/shm, or /tmp in the nested L1, which has no /dev/shm.
+    let shm = match hv {
+        Hypervisor::Qemu => tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm"),
+        Hypervisor::Kvm => tempfile::tempdir().expect("a temporary directory"),
     };
-    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
     let path = shm.path().join("template");
     let disks = format!("disks = [{{ name = \"rootfs\", path = {:?} }}]\n", image.rootfs);
     let new_config = format!("[factory]\nplugin = \"new\"\n{disks}");
@@ -103,10 +105,13 @@ fn main() {
             run_cache.push(run_to_output(&cached, &image, &format!("cache{run}")).await);
         }
         drop(cached);
-        pss_clones = with_factory(&templated, "template", serde_json::json!({ "path": path }), |d| pss_of_many(d, "clone", &handle));
-        pss_cold = with_factory(&new, "new", serde_json::json!({}), |d| pss_of_many(d, "cold", &handle));
+        pss_clones = with_factory(&templated, "template", serde_json::json!({ "path": path }), |d| pss_of_many(d, "clone", many, &handle));
+        pss_cold = with_factory(&new, "new", serde_json::json!({}), |d| pss_of_many(d, "cold", many, &handle));
     });
-    println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, template on /dev/shm:");
+    match hv {
+        Hypervisor::Qemu => println!("QEMU -M pc TCG, 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, template on /dev/shm:"),
+        Hypervisor::Kvm => println!("our vmm on KVM, 1 vCPU, 512 MiB guest, busybox container over a read-only ext4 disk, template on a tmpfs:"),
+    }
     println!("the template made (a cold boot, 2 s for the agent to settle, pause, save) in {made_in:.1} s, once");
     let cold = line("to agent-ready, cold boot (new)", &cold_ready, "s");
     let clone = line("to agent-ready, clone of the template", &clone_ready, "s");
@@ -120,7 +125,7 @@ fn main() {
     use std::os::unix::fs::MetadataExt;
     let file = std::fs::metadata(path.join("memory")).map_or(0.0, |m| (m.blocks() * 512) as f64 / (1024.0 * 1024.0));
     println!(
-        "memory, {MANY} idle VMs of 512 MiB: PSS {pss_clones:.0} MiB for clones (+ {file:.0} MiB of the template's RAM file on tmpfs) against {pss_cold:.0} MiB cold-booted: {:.0}% saved",
+        "memory, {many} idle VMs of 512 MiB: PSS {pss_clones:.0} MiB for clones (+ {file:.0} MiB of the template's RAM file on tmpfs) against {pss_cold:.0} MiB cold-booted: {:.0}% saved",
         100.0 * (1.0 - (pss_clones + file) / pss_cold)
     );
 }

@@ -10,6 +10,27 @@ use plugin_api::hypervisor::{HypervisorConfig, HypervisorHandle};
 use runtime_core::config::RuntimeConfig;
 use std::sync::Arc;
 
+/// The `--hypervisor qemu|kvm` of a bench's command line (`qemu` without one) and its guest
+/// image; a bench `name` that cannot run here says why and exits.
+pub fn bench_target(name: &str) -> (crate::sandbox::Hypervisor, GuestImage) {
+    use crate::sandbox::Hypervisor;
+    let args: Vec<String> = std::env::args().collect();
+    let hv = match args.iter().position(|a| a == "--hypervisor").map(|i| args.get(i + 1).map(String::as_str)) {
+        None | Some(Some("qemu")) => Hypervisor::Qemu,
+        Some(Some("kvm")) => Hypervisor::Kvm,
+        Some(other) => {
+            eprintln!("{name}: --hypervisor takes qemu or kvm, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+    let ready = hv.image_or_skip().filter(|_| hv == Hypervisor::Kvm || crate::qemu::qemu_available());
+    let Some(image) = ready else {
+        eprintln!("{name}: needs `cargo xtask guest`, and qemu-system-x86_64 (qemu) or a /dev/kvm with vmx/svm and root (kvm)");
+        std::process::exit(1);
+    };
+    (hv, image)
+}
+
 /// A started factory, the hypervisor instance its VMs are made for, and the VM the config
 /// describes.
 pub struct Direct<'a> {

@@ -196,13 +196,12 @@ async fn our_plugins_pass_the_conformance_kits(hv: Hypervisor) {
             work_dir: t.dir.path().to_owned(),
             boot_timeout,
         };
-        // The template factory on QEMU (our vmm cannot save templates yet; and the nested L1
-        // has no /dev/shm).
-        let shm = (hv == Hypervisor::Qemu).then(|| tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm"));
-        let mut kits = vec![("new", serde_json::json!({})), ("cache", serde_json::json!({"size": 1}))];
-        if let Some(shm) = &shm {
-            kits.push(("template", serde_json::json!({"path": shm.path().join("template")})));
-        }
+        let home = template_home(hv);
+        let kits = vec![
+            ("new", serde_json::json!({})),
+            ("cache", serde_json::json!({"size": 1})),
+            ("template", serde_json::json!({"path": home.path().join("template")})),
+        ];
         for (name, settings) in kits {
             let factory = registry.open_vm_factory(name, &settings).expect("the factory plugin");
             let report = runtime_core::factory::with_started(&config, &registry, &hypervisor, factory, |f| conformance::factory::run(f, &hypervisor, &request, &probe))
@@ -212,20 +211,23 @@ async fn our_plugins_pass_the_conformance_kits(hv: Hypervisor) {
     });
 }
 
-/// The template factory's tests, on QEMU only for now (our vmm's plugin cannot save templates
-/// yet: its `save_template` answers UNSUPPORTED).
-mod template_clones_run_containers {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn qemu() {
-        super::template_clones_run_containers(super::Hypervisor::Qemu).await
+integration_tests::on_both_hypervisors!(template_clones_run_containers, clones_are_distinct_and_a_broken_template_falls_back);
+
+/// Where a test's template lives: the default's tmpfs, `/dev/shm`, where there is one (the
+/// nested L1, where the `kvm` tests run, has none: its `/tmp` is a tmpfs too).
+fn template_home(hv: Hypervisor) -> tempfile::TempDir {
+    match hv {
+        Hypervisor::Qemu => tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm"),
+        Hypervisor::Kvm => tempfile::tempdir().expect("a temporary directory"),
     }
 }
 
-mod clones_are_distinct_and_a_broken_template_falls_back {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn qemu() {
-        super::clones_are_distinct_and_a_broken_template_falls_back(super::Hypervisor::Qemu).await
-    }
+/// The template's saved device state, as each plugin names it.
+fn state_file(hv: Hypervisor, path: &std::path::Path) -> std::path::PathBuf {
+    path.join(match hv {
+        Hypervisor::Qemu => "qemu-device-state",
+        Hypervisor::Kvm => "vmm-state.json",
+    })
 }
 
 /// What one clone's container said: 16 random bytes, its wall clock, its hostname.
@@ -266,12 +268,14 @@ async fn report_from(rt: &Runtime, image: &GuestImage, id: String) -> (CloneRepo
 /// guest.
 async fn clones_are_distinct_and_a_broken_template_falls_back(hv: Hypervisor) {
     let Some(image) = hv.image_or_skip() else { return };
-    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
-    let path = shm.path().join("template");
+    let home = template_home(hv);
+    let path = home.path().join("template");
     let t = TestRuntime::with(&image, hv, &template(&image, &path));
     t.runtime.factory_status().await.expect("the template is made");
+    // Ten on QEMU; three on kvm, whose VMs all share the nested L1's one vCPU.
+    let clones: usize = if hv == Hypervisor::Kvm { 3 } else { 10 };
     let mut set = tokio::task::JoinSet::new();
-    for n in 0..10 {
+    for n in 0..clones {
         let (rt, image) = (t.runtime.clone(), image.clone());
         set.spawn(async move { report_from(&rt, &image, format!("safe{n}")).await });
     }
@@ -279,13 +283,13 @@ async fn clones_are_distinct_and_a_broken_template_falls_back(hv: Hypervisor) {
     while let Some(done) = set.join_next().await {
         reports.push(done.expect("a clone's task"));
     }
-    for n in 0..10 {
-        assert!(is_clone(&vm_of(&t, &format!("safe{n}")).1, &path), "safe{n} is no clone");
+    for n in 0..clones {
+        assert!(is_clone(hv, &vm_of(&t, &format!("safe{n}")).1, &path), "safe{n} is no clone");
     }
     let mut randoms: Vec<&str> = reports.iter().map(|(r, _, _)| r.random.as_str()).collect();
     randoms.sort_unstable();
     randoms.dedup();
-    assert_eq!(randoms.len(), 10, "the clones' /dev/urandom gave the same bytes: {reports:?}");
+    assert_eq!(randoms.len(), clones, "the clones' /dev/urandom gave the same bytes: {reports:?}");
     for (r, before, after) in &reports {
         assert!(r.random.len() == 32, "16 bytes in hex: {r:?}");
         assert!((*before..=*after).contains(&r.clock), "a clone's clock is {} s, the host's was {before} to {after}: {r:?}", r.clock);
@@ -293,14 +297,14 @@ async fn clones_are_distinct_and_a_broken_template_falls_back(hv: Hypervisor) {
     let mut hostnames: Vec<&str> = reports.iter().map(|(r, _, _)| r.hostname.as_str()).collect();
     hostnames.sort_unstable();
     hostnames.dedup();
-    assert_eq!(hostnames.len(), 10, "{reports:?}");
-    for n in 0..10 {
+    assert_eq!(hostnames.len(), clones, "{reports:?}");
+    for n in 0..clones {
         t.runtime.delete_sandbox(&format!("safe{n}")).await.expect("DeleteSandbox");
     }
-    eprintln!("ten clones at once: {reports:?}");
+    eprintln!("{clones} clones at once: {reports:?}");
 
     // A corrupt device state: every sandbox still starts, by a cold boot.
-    let state = path.join("qemu-device-state");
+    let state = state_file(hv, &path);
     let mut bytes = std::fs::read(&state).expect("the device state");
     let middle = bytes.len() / 2;
     for b in &mut bytes[middle..middle + 64] {
@@ -308,15 +312,15 @@ async fn clones_are_distinct_and_a_broken_template_falls_back(hv: Hypervisor) {
     }
     std::fs::write(&state, &bytes).expect("corrupting the state");
     let (_, cmdline) = run_one_vm(&t, &image, "after-corruption", None).await;
-    assert!(!is_clone(&cmdline, &path), "a clone of a corrupt template was kept: {cmdline}");
+    assert!(!is_clone(hv, &cmdline, &path), "a clone of a corrupt template was kept: {cmdline}");
     // A truncated RAM file: refused before QEMU runs, and a cold boot again.
     let memory = path.join("memory");
     std::fs::OpenOptions::new().write(true).open(&memory).and_then(|f| f.set_len(1 << 20)).expect("truncating the RAM file");
     let (_, cmdline) = run_one_vm(&t, &image, "after-truncation", None).await;
-    assert!(!is_clone(&cmdline, &path), "{cmdline}");
+    assert!(!is_clone(hv, &cmdline, &path), "{cmdline}");
     assert_eq!(std::fs::metadata(&memory).expect("the RAM file").len(), 1 << 20, "nothing extended the template's file");
     let status = t.runtime.factory_status().await.expect("status");
-    assert_eq!(status.template.map(|i| i.clones), Some(10), "only the ten good clones count");
+    assert_eq!(status.template.map(|i| i.clones), Some(clones as u64), "only the good clones count");
 }
 
 /// `[factory]` for a template in `path`, the image's rootfs as disk `rootfs`.
@@ -326,24 +330,33 @@ fn template(image: &GuestImage, path: &std::path::Path) -> String {
 
 /// Whether a VM's command line is a template's clone's: the template's RAM mapped private, its
 /// state restored.
-fn is_clone(cmdline: &str, path: &std::path::Path) -> bool {
-    cmdline.contains("-incoming defer") && cmdline.contains(&format!("mem-path={}/memory,share=off", path.display()))
+fn is_clone(hv: Hypervisor, cmdline: &str, path: &std::path::Path) -> bool {
+    match hv {
+        Hypervisor::Qemu => cmdline.contains("-incoming defer") && cmdline.contains(&format!("mem-path={}/memory,share=off", path.display())),
+        Hypervisor::Kvm => {
+            cmdline.contains(&format!("--restore {}", state_file(hv, path).display())) && cmdline.contains(&format!("--memory-file {}/memory", path.display()))
+        }
+    }
 }
 
 async fn template_clones_run_containers(hv: Hypervisor) {
     let Some(image) = hv.image_or_skip() else { return };
-    let shm = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
-    let path = shm.path().join("template");
+    let home = template_home(hv);
+    let path = home.path().join("template");
     let t = TestRuntime::with(&image, hv, &template(&image, &path));
     // The first sandbox's VM makes the template (the factory starts with the first VM).
     for n in 0..3 {
         let id = format!("clone{n}");
         let (_, cmdline) = run_one_vm(&t, &image, &id, None).await;
-        assert!(is_clone(&cmdline, &path), "sandbox {id}'s VM is no clone of the template: {cmdline}");
+        assert!(is_clone(hv, &cmdline, &path), "sandbox {id}'s VM is no clone of the template: {cmdline}");
     }
     let status = t.runtime.factory_status().await.expect("status");
     let info = status.template.clone().expect("the template in the status");
-    assert_eq!((status.factory.as_str(), info.path.as_path(), info.hypervisor.as_str(), info.clones), ("template", path.as_path(), "qemu", 3), "{status:?}");
+    let plugin = match hv {
+        Hypervisor::Qemu => "qemu",
+        Hypervisor::Kvm => "kvm",
+    };
+    assert_eq!((status.factory.as_str(), info.path.as_path(), info.hypervisor.as_str(), info.clones), ("template", path.as_path(), plugin, 3), "{status:?}");
     assert!(info.disk_bytes > 1 << 20 && info.config.memory_mib == 512, "{info:?}");
     assert_eq!(mode_of(&path), 0o700);
     for f in std::fs::read_dir(&path).expect("the template's files") {
@@ -356,13 +369,13 @@ async fn template_clones_run_containers(hv: Hypervisor) {
     let sb = t.runtime.run_sandbox(config).await.expect("RunSandbox with other memory");
     let mut io = sb.io_stream("c", "c").await.expect("IOStream");
     read_until(&mut io.stdout, "hello from bigger").await;
-    assert!(!is_clone(&vm_of(&t, "bigger").1, &path), "a VM of another size was cloned");
+    assert!(!is_clone(hv, &vm_of(&t, "bigger").1, &path), "a VM of another size was cloned");
     t.runtime.delete_sandbox("bigger").await.expect("DeleteSandbox");
 
     // Another runtime (another process, as each sandboxctl call is) loads the template.
     let other = TestRuntime::with(&image, hv, &template(&image, &path));
     let (_, cmdline) = run_one_vm(&other, &image, "loaded", None).await;
-    assert!(is_clone(&cmdline, &path), "{cmdline}");
+    assert!(is_clone(hv, &cmdline, &path), "{cmdline}");
     drop(other);
     assert!(path.join("template.json").exists(), "closing a runtime keeps the template");
 
@@ -382,7 +395,7 @@ async fn template_clones_run_containers(hv: Hypervisor) {
     let t = TestRuntime::with(&image, hv, &pooled);
     wait_ready(&t.runtime, 1).await;
     let (_, cmdline) = run_one_vm(&t, &image, "pooled-clone", Some(true)).await;
-    assert!(is_clone(&cmdline, &path), "the pool's VM is no clone: {cmdline}");
+    assert!(is_clone(hv, &cmdline, &path), "the pool's VM is no clone: {cmdline}");
     let status = t.runtime.factory_status().await.expect("status");
     assert_eq!(status.template.map(|i| i.path), Some(path.clone()), "a cache shows its base's template");
 }

@@ -8,7 +8,7 @@
 //! - `nested`: boots a nested-KVM L1 under QEMU/TCG and runs a command in it.
 //! - `nested-test`: runs the hypervisor-kvm end-to-end tests in that L1.
 //! - `nested-bench`: our vmm against QEMU (`-M pc`, `-M microvm`), side by side in that L1;
-//!   `--factory`: the VM factory benchmark on our vmm in that L1.
+//!   `--factory`, `--template`: the VM factory benchmarks on our vmm in that L1.
 
 mod build;
 mod deps;
@@ -39,5 +39,5 @@ fn main() {
 }
 
 fn usage() -> Result<()> {
-    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args] | nested [--timeout SECS] [-- COMMAND...] | nested-test [--timeout SECS] | nested-bench [--rounds N] [--factory]")
+    bail!("usage: cargo xtask guest | demo | test [nextest args] | bench [criterion args] | nested [--timeout SECS] [-- COMMAND...] | nested-test [--timeout SECS] | nested-bench [--rounds N] [--factory | --template]")
 }

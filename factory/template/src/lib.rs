@@ -137,7 +137,14 @@ fn make(host: &FactoryHostBox, path: &std::path::Path, hypervisor: &str, config:
         }
         saved
     })();
-    let _ = std::fs::rename(&console, path.join(store::CONSOLE));
+    // Kept beside the template, private like its other files (whatever mode the VMM made it).
+    let kept = path.join(store::CONSOLE);
+    if std::fs::rename(&console, &kept).is_ok() {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %kept.display(), "making the template's console log private: {e}");
+        }
+    }
     let finished = made.and_then(|descriptor| {
         let record = Record::new(hypervisor.to_owned(), config.clone(), began.elapsed().as_millis() as u64);
         store::commit(path, &record, &descriptor)?;

@@ -2,7 +2,6 @@
 //! ioeventfds, ACPI tables, the kernel, one thread per vCPU, the control API; then waiting
 //! until the guest or the API ends it.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
@@ -136,8 +135,16 @@ pub fn run(
         }
         Start::Boot { .. } => None,
     };
-    let log = File::create(&config.console_log)
-        .map_err(|e| VmmError::ConsoleLog(config.console_log.display().to_string(), e))?;
+    // A restored VM's console goes on after what is there (the plugin notes that it is a
+    // clone); a booted VM's starts empty.
+    // The guest's output is private to the host (0600 when the vmm creates the file).
+    let mut open = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(open.create(true), 0o600);
+    let log = match &restored {
+        Some(_) => open.append(true).open(&config.console_log),
+        None => open.write(true).truncate(true).open(&config.console_log),
+    }
+    .map_err(|e| VmmError::ConsoleLog(config.console_log.display().to_string(), e))?;
     let backing = match (&config.memory_file, &restored) {
         (Some(path), Some(_)) => memory::Backing::PrivateFile(path),
         (Some(path), None) => memory::Backing::SharedFile(path),

@@ -248,20 +248,21 @@ pub fn inner(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask nested-bench [--rounds N] [--factory]`.
+/// `cargo xtask nested-bench [--rounds N] [--factory | --template]`.
 pub fn task(args: &[String]) -> Result<()> {
     let mut rounds = 5usize;
-    let mut factory = false;
+    let mut bench = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => rounds = it.next().and_then(|s| s.parse().ok()).filter(|n| *n > 0).context("--rounds needs a positive number")?,
-            "--factory" => factory = true,
-            other => bail!("unknown argument {other:?}; usage: cargo xtask nested-bench [--rounds N] [--factory]"),
+            "--factory" => bench = Some("factory"),
+            "--template" => bench = Some("template"),
+            other => bail!("unknown argument {other:?}; usage: cargo xtask nested-bench [--rounds N] [--factory | --template]"),
         }
     }
-    if factory {
-        return factory_bench();
+    if let Some(name) = bench {
+        return factory_bench(name);
     }
     let target = crate::build::target_dir()?;
     crate::build::build_vmm_release()?;
@@ -285,19 +286,20 @@ pub fn task(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Longest the VM factory benchmark may run in L1 (five rounds of a cold boot, a cached run
-/// and a hand-out, then five raw hand-outs, each with a pool refill of one L2 boot).
+/// Longest a VM factory benchmark may run in L1 (five rounds of a cold boot, a cached run
+/// and a hand-out, then five raw hand-outs, each with a pool refill of one L2 boot; or the
+/// template's five rounds of three kinds and its eight VMs at once).
 const FACTORY_BENCH_TIMEOUT: Duration = Duration::from_secs(1500);
 
-/// `cargo xtask nested-bench --factory`: the VM factory benchmark (`tests/benches/factory.rs`)
-/// on our vmm (its release build, as the other benchmarks) through the `kvm` plugin, inside
-/// L1 as root.
-fn factory_bench() -> Result<()> {
+/// `cargo xtask nested-bench --factory` or `--template`: a VM factory benchmark
+/// (`tests/benches/factory.rs`, `tests/benches/template.rs`) on our vmm (its release build, as
+/// the other benchmarks) through the `kvm` plugin, inside L1 as root.
+fn factory_bench(name: &str) -> Result<()> {
     let target = crate::build::target_dir()?;
     crate::build::build_for_nested()?;
     crate::build::build_vmm_release()?;
     crate::guest::build(&target)?;
-    let exe = bench_executable("factory")?;
+    let exe = bench_executable(name)?;
     let vmm = target.join("release").join("vmm");
     let script = format!(
         "export TMPDIR=/tmp SANDBOX_TESTS_STRICT=1 RUST_BACKTRACE=1 SANDBOX_TESTS_VMM='{}'\nexec '{}' --hypervisor kvm\n",
@@ -311,7 +313,7 @@ fn factory_bench() -> Result<()> {
         bail!("L1 has no /dev/kvm: kvm_amd did not load (see the console above)");
     }
     if outcome.status != 0 {
-        bail!("the factory benchmark failed in L1 (exit status {})", outcome.status);
+        bail!("the {name} benchmark failed in L1 (exit status {})", outcome.status);
     }
     Ok(())
 }
