@@ -63,10 +63,22 @@ pub struct Header {
     pub cpuid: Vec<Raw<kvm_cpuid_entry2>>,
 }
 
-/// KVM's supported CPUID on this host.
+/// KVM's supported CPUID on this host, without the fields that name the host CPU the call
+/// ran on (some KVMs, such as kvm_pvm, report its APIC ids: leaf 1 EBX bits 31:24, leaves 0xb
+/// and 0x1f EDX, leaf 0x8000001e EAX), which the vmm sets per vCPU anyway: two calls on two
+/// host CPUs give the same list.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, SnapshotError> {
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|e| SnapshotError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-    Ok(cpuid.as_slice().to_vec())
+    let mut entries = cpuid.as_slice().to_vec();
+    for e in &mut entries {
+        match e.function {
+            1 => e.ebx &= 0x00ff_ffff,
+            0xb | 0x1f => e.edx = 0,
+            0x8000_001e => e.eax = 0,
+            _ => {}
+        }
+    }
+    Ok(entries)
 }
 
 impl Header {
@@ -136,6 +148,30 @@ mod tests {
         let mut other = header();
         other.cpuid.pop();
         assert!(other.check(&here).unwrap_err().to_string().contains("CPUID leaf 0x7 index 0"));
+    }
+
+    #[test]
+    fn the_cpuid_list_is_the_same_on_every_host_cpu() {
+        let Ok(kvm) = Kvm::new() else { return eprintln!("skipped: this test needs /dev/kvm") };
+        let on_cpu = |cpu: usize| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it
+                    // for a CPU number below CPU_SETSIZE; the call pins only this thread.
+                    let pinned = unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpu, &mut set);
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+                    };
+                    pinned.then(|| supported_cpuid(&kvm).unwrap())
+                })
+                .join()
+                .unwrap()
+            })
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from).min(4);
+        let lists: Vec<_> = (0..cpus).filter_map(on_cpu).collect();
+        assert!(lists.windows(2).all(|w| w[0] == w[1]), "KVM's CPUID differs between host CPUs once the APIC ids are out");
     }
 
     #[test]
