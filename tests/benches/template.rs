@@ -25,14 +25,17 @@ use storage_fs as _;
 const RUNS: usize = 5;
 const AGENT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// `RUNS` times: `new_vm` from `d`'s factory, then its agent's first answer; seconds each.
-fn to_agent_ready(d: &Direct<'_>, what: &str, handle: &tokio::runtime::Handle) -> Vec<f64> {
+/// `RUNS` times: `new_vm` from `d`'s factory, then its agent's first answer at the endpoint a
+/// pool probes (the last: a serial port), or with `first` at the one a sandbox uses (vsock
+/// where the VM has it); seconds each.
+fn to_agent_ready(d: &Direct<'_>, what: &str, first: bool, handle: &tokio::runtime::Handle) -> Vec<f64> {
     (0..RUNS)
         .map(|run| {
             let started = Instant::now();
             let blob = d.factory.new_vm(d.hypervisor.raw(), &format!("{what}{run}"), &d.vm).expect("new_vm");
             let endpoints = d.hypervisor.agent_endpoint(&blob).expect("endpoint");
-            handle.block_on(runtime_core::agent::probe(&endpoints, 0, AGENT_TIMEOUT)).expect("the agent answers");
+            let nth = if first { endpoints.split(',').count() - 1 } else { 0 };
+            handle.block_on(runtime_core::agent::probe(&endpoints, nth, AGENT_TIMEOUT)).expect("the agent answers");
             let took = started.elapsed().as_secs_f64();
             eprintln!("template bench: {what}{run} agent-ready after {took:.3} s");
             d.hypervisor.stop_vm(&blob).expect("stop");
@@ -84,7 +87,7 @@ fn main() {
     let cache_config = format!("[factory]\nplugin = \"cache\"\nbase = \"template\"\nsize = 1\n{disks}[factory.template]\npath = {path:?}\n");
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     let handle = tokio.handle().clone();
-    let (mut made_in, mut cold_ready, mut clone_ready) = (0.0, Vec::new(), Vec::new());
+    let (mut made_in, mut cold_ready, mut clone_ready, mut clone_first) = (0.0, Vec::new(), Vec::new(), Vec::new());
     let (mut run_new, mut run_template, mut run_cache) = (Vec::new(), Vec::new(), Vec::new());
     let (mut pss_cold, mut pss_clones) = (0.0, 0.0);
     tokio.block_on(async {
@@ -93,8 +96,9 @@ fn main() {
         templated.runtime.factory_status().await.expect("the template is made");
         made_in = began.elapsed().as_secs_f64();
         let new = TestRuntime::with(&image, hv, &new_config);
-        cold_ready = with_factory(&new, "new", serde_json::json!({}), |d| to_agent_ready(d, "cold", &handle));
-        clone_ready = with_factory(&templated, "template", serde_json::json!({ "path": path }), |d| to_agent_ready(d, "clone", &handle));
+        cold_ready = with_factory(&new, "new", serde_json::json!({}), |d| to_agent_ready(d, "cold", false, &handle));
+        clone_ready = with_factory(&templated, "template", serde_json::json!({ "path": path }), |d| to_agent_ready(d, "clone", false, &handle));
+        clone_first = with_factory(&templated, "template", serde_json::json!({ "path": path }), |d| to_agent_ready(d, "clone-first", true, &handle));
         let cached = TestRuntime::with(&image, hv, &cache_config);
         for run in 1..=RUNS {
             wait_warm(&cached).await;
@@ -115,6 +119,7 @@ fn main() {
     println!("the template made (a cold boot, 2 s for the agent to settle, pause, save) in {made_in:.1} s, once");
     let cold = line("to agent-ready, cold boot (new)", &cold_ready, "s");
     let clone = line("to agent-ready, clone of the template", &clone_ready, "s");
+    line("to agent-ready, clone, at the sandbox's endpoint (vsock where there is one)", &clone_first, "s");
     let n = line("RunSandbox to first output, factory new", &run_new, "s");
     let t = line("RunSandbox to first output, factory template", &run_template, "s");
     let c = line("RunSandbox to first output, factory cache over template (warm pool)", &run_cache, "s");
