@@ -31,6 +31,12 @@ impl Run {
     }
 }
 
+/// Whether the text between `[` and `]` is a kernel timestamp (`   14.336376`: seconds, a dot,
+/// six digits of microseconds).
+pub fn is_printk_stamp(inner: &str) -> bool {
+    inner.trim().split_once('.').is_some_and(|(s, us)| !s.is_empty() && us.len() == 6 && s.bytes().chain(us.bytes()).all(|b| b.is_ascii_digit()))
+}
+
 /// The part of a console line before any kernel message spliced into it: L1's kernel writes
 /// its lines (`[   14.336376] kvm [142]: ...`) to the same console, also in the middle of a
 /// test's `test NAME ... ` line, whose `ok` then comes on the next line.
@@ -41,11 +47,8 @@ fn without_kernel_text(line: &str) -> &str {
         let start = i + at;
         let rest = &line[start + 1..];
         if let Some(end) = rest.find(']') {
-            let stamp = rest[..end].trim();
-            if let Some((s, us)) = stamp.split_once('.') {
-                if !s.is_empty() && us.len() == 6 && s.bytes().chain(us.bytes()).all(|b| b.is_ascii_digit()) {
-                    return &line[..start];
-                }
+            if is_printk_stamp(&rest[..end]) {
+                return &line[..start];
             }
         }
         i = start + 1;

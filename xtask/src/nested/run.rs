@@ -31,9 +31,7 @@ const POLL: Duration = Duration::from_secs(5);
 /// RCU stall keeps the kernel printing, dozens of lines at a time, while nothing else runs.
 fn is_kernel_line(line: &str) -> bool {
     let Some(rest) = line.trim_start().strip_prefix('[') else { return false };
-    let Some((stamp, _)) = rest.split_once(']') else { return false };
-    let stamp = stamp.trim();
-    stamp.split_once('.').is_some_and(|(s, us)| !s.is_empty() && !us.is_empty() && s.bytes().chain(us.bytes()).all(|b| b.is_ascii_digit()))
+    rest.split_once(']').is_some_and(|(stamp, _)| super::progress::is_printk_stamp(stamp))
 }
 
 /// A step of a run, for reports.
