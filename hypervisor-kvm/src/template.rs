@@ -112,18 +112,12 @@ pub fn save_template(state: &VmState, dir: &Path, network: &Network) -> Result<V
 /// from the save).
 pub fn create_from_template(run_dir: &Path, sandbox_id: &str, template: &[u8], hv: &HypervisorConfig) -> Result<VmState, KvmError> {
     let d: Descriptor = DESCRIPTOR.decode(template).map_err(|e| op(e.into()))?;
-    shared::check_clone_config(&d.config, hv).map_err(op)?;
-    let memory = d.config.memory_file.clone().ok_or_else(|| op(TemplateError::FileGone { what: "RAM file", path: PathBuf::new() }))?;
-    shared::check_files(&[("RAM file", &memory, Some(d.config.memory_mib << 20)), ("vmm state", &d.state_file, None)]).map_err(op)?;
-    shared::check_digest("vmm state", &d.state_file, &d.state_sha256).map_err(op)?;
-    shared::check_binary(&d.vmm_identity, &d.vmm).map_err(op)?;
+    let saved = shared::SavedFiles { config: &d.config, state_what: "vmm state", state: &d.state_file, state_sha256: &d.state_sha256, binary: &d.vmm, binary_identity: &d.vmm_identity };
+    let memory = shared::check_clone(&saved, hv).map_err(op)?;
     let mut spec = ops::check_request::<KvmFields>(sandbox_id, hv, &vm::LIMITS)?;
     spec.memory_file = Some(memory);
     if let Some(log) = &spec.console_log {
-        // The guest booted in the template, so the clone's console would start empty.
-        let template_dir = d.state_file.parent().unwrap_or(Path::new("/"));
-        let note = format!("[sandbox-runtime: this VM is a clone of the kvm VM template in {}: it resumed the template's running guest, so its boot messages are not repeated here]\n", template_dir.display());
-        std::fs::write(log, note).map_err(|source| op(TemplateError::Io { what: "writing the console log", path: log.clone(), source }))?;
+        shared::note_clone(log, "kvm", d.state_file.parent().unwrap_or(Path::new("/"))).map_err(op)?;
     }
     let dir = ops::prepare_dir::<KvmFields>(run_dir, sandbox_id, d.agent_ports)?;
     let args = VmArgs { vmm: &d.vmm, dir: &dir, agent_ports: d.agent_ports, vsock: d.vsock, network: &d.network, spec: &spec, restore: Some(&d.state_file) };

@@ -128,6 +128,42 @@ impl TemplateError {
     }
 }
 
+/// A template's saved files, as its descriptor names them.
+#[derive(Debug, Clone, Copy)]
+pub struct SavedFiles<'a> {
+    /// The VM the template was saved from; its `memory_file` is the template's RAM.
+    pub config: &'a HypervisorConfig,
+    /// What the plugin calls its saved state ("device state", "vmm state").
+    pub state_what: &'static str,
+    /// That state's file.
+    pub state: &'a Path,
+    /// Its SHA-256 when saved.
+    pub state_sha256: &'a str,
+    /// The VMM binary that saved it and its identity then.
+    pub binary: &'a Path,
+    /// [`binary_identity`] of it when saved.
+    pub binary_identity: &'a str,
+}
+
+/// Every check a plugin makes before it clones a template for `wanted`: the clone asks for the
+/// template's VM, the RAM file has the VM's size, the saved state is there and unchanged, the
+/// VMM binary is the one that saved it. Returns the RAM file.
+pub fn check_clone(saved: &SavedFiles<'_>, wanted: &HypervisorConfig) -> Result<PathBuf, TemplateError> {
+    check_clone_config(saved.config, wanted)?;
+    let memory = saved.config.memory_file.clone().ok_or_else(|| TemplateError::FileGone { what: "RAM file", path: PathBuf::new() })?;
+    check_files(&[("RAM file", &memory, Some(saved.config.memory_mib << 20)), (saved.state_what, saved.state, None)])?;
+    check_digest(saved.state_what, saved.state, saved.state_sha256)?;
+    check_binary(saved.binary_identity, saved.binary)?;
+    Ok(memory)
+}
+
+/// Starts a clone's console log with a line saying whose clone it is (the guest booted in the
+/// template, so its boot messages are in the template's console log, not here).
+pub fn note_clone(log: &Path, kind: &str, template_dir: &Path) -> Result<(), TemplateError> {
+    let note = format!("[sandbox-runtime: this VM is a clone of the {kind} VM template in {}: it resumed the template's running guest, so its boot messages are not repeated here]\n", template_dir.display());
+    std::fs::write(log, note).map_err(|source| TemplateError::Io { what: "writing the console log", path: log.to_owned(), source })
+}
+
 /// Checks that a clone's `wanted` config asks for the VM its template was made from
 /// (everything but the console log), and names no RAM file of its own.
 pub fn check_clone_config(template: &HypervisorConfig, wanted: &HypervisorConfig) -> Result<(), TemplateError> {

@@ -68,13 +68,6 @@ pub struct Descriptor {
     pub state_sha256: String,
 }
 
-impl Descriptor {
-    /// The template's RAM file.
-    pub fn memory_file(&self) -> Result<&Path, TemplateError> {
-        self.config.memory_file.as_deref().ok_or_else(|| TemplateError::FileGone { what: "RAM file", path: PathBuf::new() })
-    }
-}
-
 /// Saves the paused VM `state` as a template in `dir` (checked: absolute, private, safe);
 /// returns the descriptor.
 pub fn save_template(state: &VmState, dir: &Path) -> Result<Vec<u8>, QemuError> {
@@ -126,18 +119,12 @@ pub fn save_template(state: &VmState, dir: &Path) -> Result<Vec<u8>, QemuError> 
 /// `hv`'s console log; starts nothing ([`restore`] runs when it starts).
 pub fn create_from_template(config: &QemuConfig, sandbox_id: &str, template: &[u8], hv: &HypervisorConfig) -> Result<VmState, QemuError> {
     let d: Descriptor = DESCRIPTOR.decode(template).map_err(|e| op(e.into()))?;
-    shared::check_clone_config(&d.config, hv).map_err(op)?;
-    let memory = d.memory_file().map_err(op)?.to_owned();
-    shared::check_files(&[("RAM file", &memory, Some(d.config.memory_mib << 20)), ("device state", &d.state_file, None)]).map_err(op)?;
-    shared::check_digest("device state", &d.state_file, &d.state_sha256).map_err(op)?;
-    shared::check_binary(&d.qemu_identity, &d.qemu).map_err(op)?;
+    let saved = shared::SavedFiles { config: &d.config, state_what: "device state", state: &d.state_file, state_sha256: &d.state_sha256, binary: &d.qemu, binary_identity: &d.qemu_identity };
+    let memory = shared::check_clone(&saved, hv).map_err(op)?;
     let mut spec = ops::check_request::<QemuFields>(sandbox_id, hv, &spec::LIMITS)?;
     spec.memory_file = Some(memory);
     if let Some(log) = &spec.console_log {
-        // The guest booted in the template, so the clone's console would start empty.
-        let template_dir = d.state_file.parent().unwrap_or(Path::new("/"));
-        let note = format!("[sandbox-runtime: this VM is a clone of the QEMU VM template in {}: it resumed the template's running guest, so its boot messages are not repeated here]\n", template_dir.display());
-        std::fs::write(log, note).map_err(|source| op(TemplateError::Io { what: "writing the console log", path: log.clone(), source }))?;
+        shared::note_clone(log, "QEMU", d.state_file.parent().unwrap_or(Path::new("/"))).map_err(op)?;
     }
     let dir = ops::prepare_dir::<QemuFields>(&config.run_dir, sandbox_id, d.agent_ports)?;
     let vsock_cid = d.vsock.then(|| argv::vsock_cid(sandbox_id, 0));
